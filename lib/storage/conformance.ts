@@ -1,0 +1,482 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Destination, NewSession, SessionRecord, StorageAdapter } from './adapter';
+
+/** What a test of one adapter provides to {@link runStorageAdapterConformance}, fresh for every test. */
+export interface StorageAdapterHarness {
+  /** An adapter over an empty backing store. */
+  readonly adapter: StorageAdapter;
+  /** Reads back the committed file at a destination, or undefined when there is none. */
+  readDestination(destination: Destination): Promise<Buffer | undefined>;
+  /** Releases everything the harness created (folders, buckets, connections). */
+  cleanup(): Promise<void>;
+  /**
+   * A second adapter instance over the same backing store, as another process or a restart would
+   * see it. Adapters that keep everything in process memory leave it out; the restart test then
+   * checks nothing.
+   */
+  reopen?(): Promise<StorageAdapter>;
+}
+
+type JestGlobals = typeof import('@jest/globals');
+
+const MiB = 1024 * 1024;
+
+/**
+ * Registers the storage conformance tests (one `describe` block) for an adapter, with Jest.
+ * Every guarantee of the {@link StorageAdapter} contract has a test; a third-party adapter passes
+ * when all of them do.
+ *
+ * ```ts
+ * import { runStorageAdapterConformance } from 'bits-upload';
+ * runStorageAdapterConformance('S3Storage', async () => {
+ *   const bucket = await createTestBucket();
+ *   return { adapter: new S3Storage({ bucket }), readDestination: (d) => bucket.get(d.join('/')), cleanup: () => bucket.remove() };
+ * });
+ * ```
+ */
+export function runStorageAdapterConformance(name: string, factory: () => Promise<StorageAdapterHarness>): void {
+  // Loaded when called, not imported: @jest/globals throws outside a Jest run, and this module is
+  // part of the library, which must load anywhere.
+  const { describe, it, expect, beforeEach, afterEach } = require('@jest/globals') as JestGlobals;
+
+  describe(`${name} storage adapter conformance`, () => {
+    let harness: StorageAdapterHarness | undefined;
+    const store = (): StorageAdapterHarness => {
+      if (harness === undefined) throw new Error('the conformance harness was not created');
+      return harness;
+    };
+    const adapter = (): StorageAdapter => store().adapter;
+
+    beforeEach(async () => {
+      harness = await factory();
+    });
+    afterEach(async () => {
+      await harness?.cleanup();
+      harness = undefined;
+    });
+
+    const create = (destination: Destination = ['upload.bin'], extra: Partial<NewSession> = {}): Promise<SessionRecord> =>
+      adapter().createSession(newSession(destination, extra));
+
+    /** Writes `bytes` as one fragment at the session's received length and returns the new length. */
+    const append = async (id: string, bytes: Buffer | string, target: StorageAdapter = adapter()): Promise<number> => {
+      const record = await target.getSession(id);
+      if (record === undefined) throw new Error(`no session ${id}`);
+      return target.writeFragment(id, record.receivedLength, bodyOf(bytes));
+    };
+
+    /** Creates a session, stores `bytes` and commits them. */
+    const upload = async (destination: Destination, bytes: Buffer | string, overwrite = false): Promise<SessionRecord> => {
+      const record = await create(destination);
+      await adapter().updateSession(record.id, { totalLength: Buffer.byteLength(bytes) });
+      await append(record.id, bytes);
+      await adapter().commit(record.id, { overwrite });
+      return record;
+    };
+
+    describe('sessions', () => {
+      it('createSession returns a receiving record with nothing received and no total yet', async () => {
+        const session = newSession(['reports', 'q1.bin'], { principal: 'alice' });
+        const record = await adapter().createSession(session);
+        expect(record).toEqual({
+          id: session.id,
+          destination: ['reports', 'q1.bin'],
+          urlPath: session.urlPath,
+          principal: 'alice',
+          protocol: session.protocol,
+          totalLength: undefined,
+          receivedLength: 0,
+          state: 'receiving',
+          createdAt: session.createdAt,
+          updatedAt: session.createdAt,
+        });
+      });
+
+      it('getSession reads the record back, with an undefined principal kept undefined', async () => {
+        const created = await create(['a.bin'], { principal: undefined });
+        const read = await adapter().getSession(created.id);
+        expect(read).toEqual(created);
+        expect(read?.principal).toBeUndefined();
+        expect(read?.totalLength).toBeUndefined();
+      });
+
+      it('getSession resolves undefined for an id it never saw', async () => {
+        await expect(adapter().getSession(newId())).resolves.toBeUndefined();
+      });
+
+      it('every createSession makes an independent session, even for the same destination (§3.2)', async () => {
+        const first = await create(['same.bin']);
+        const second = await create(['same.bin']);
+        await append(first.id, 'first');
+        await append(second.id, 'second!');
+        expect((await adapter().getSession(first.id))?.receivedLength).toBe(5);
+        expect((await adapter().getSession(second.id))?.receivedLength).toBe(7);
+      });
+
+      it('updateSession changes only the given fields and persists them', async () => {
+        const created = await create();
+        const updated = await adapter().updateSession(created.id, { totalLength: 1234 });
+        expect(updated).toEqual({ ...created, totalLength: 1234 });
+        const later = await adapter().updateSession(created.id, { updatedAt: created.updatedAt + 5000 });
+        expect(later).toEqual({ ...created, totalLength: 1234, updatedAt: created.updatedAt + 5000 });
+        await expect(adapter().getSession(created.id)).resolves.toEqual(later);
+      });
+
+      it('updateSession can change the state', async () => {
+        const created = await create();
+        const updated = await adapter().updateSession(created.id, { state: 'complete' });
+        expect(updated.state).toBe('complete');
+        expect((await adapter().getSession(created.id))?.state).toBe('complete');
+      });
+    });
+
+    describe('writeFragment', () => {
+      it('appends at the offset and resolves with the new received length', async () => {
+        const created = await create();
+        await expect(adapter().writeFragment(created.id, 0, bodyOf('hello '))).resolves.toBe(6);
+        await expect(adapter().writeFragment(created.id, 6, bodyOf('world'))).resolves.toBe(11);
+        expect((await adapter().getSession(created.id))?.receivedLength).toBe(11);
+      });
+
+      it('records the received length with updatedAt', async () => {
+        const created = await create(['a.bin'], { createdAt: Date.now() - 60_000 });
+        const before = Date.now();
+        await adapter().writeFragment(created.id, 0, bodyOf('abc'));
+        const record = await adapter().getSession(created.id);
+        expect(record?.receivedLength).toBe(3);
+        expect(record?.updatedAt).toBeGreaterThanOrEqual(before);
+      });
+
+      it('stores several fragments, each a multi-chunk stream, in order', async () => {
+        const created = await create(['many.bin']);
+        const all = patternBytes(0, 300_000);
+        const cuts = [0, 1, 65_536, 65_537, 200_000, 300_000];
+        for (let i = 0; i + 1 < cuts.length; i++) {
+          const part = all.subarray(cuts[i], cuts[i + 1]);
+          const length = await adapter().writeFragment(created.id, cuts[i], chunked(part, 7_919));
+          expect(length).toBe(cuts[i + 1]);
+        }
+        await adapter().updateSession(created.id, { totalLength: all.length });
+        await adapter().commit(created.id, { overwrite: false });
+        expect((await store().readDestination(['many.bin']))?.equals(all)).toBe(true);
+      });
+
+      it('a zero-length body changes nothing and resolves with the offset', async () => {
+        const created = await create();
+        await expect(adapter().writeFragment(created.id, 0, bodyOf(''))).resolves.toBe(0);
+        await expect(adapter().writeFragment(created.id, 0, bodyOf('12345'))).resolves.toBe(5);
+        await expect(adapter().writeFragment(created.id, 5, Readable.from([]))).resolves.toBe(5);
+        expect((await adapter().getSession(created.id))?.receivedLength).toBe(5);
+      });
+
+      it('a body that errors halfway (client abort) resolves with the stored prefix, and the upload can go on from there (§6.3)', async () => {
+        const created = await create(['aborted.bin']);
+        const all = patternBytes(0, 4000);
+        await append(created.id, all.subarray(0, 1000));
+        const length = await adapter().writeFragment(created.id, 1000, abortingBody(all.subarray(1000, 2500)));
+        // Adapters that only make whole parts durable may keep less than was read, never more.
+        expect(length).toBeGreaterThanOrEqual(1000);
+        expect(length).toBeLessThanOrEqual(2500);
+        expect((await adapter().getSession(created.id))?.receivedLength).toBe(length);
+
+        await expect(adapter().writeFragment(created.id, length, bodyOf(all.subarray(length)))).resolves.toBe(4000);
+        await adapter().updateSession(created.id, { totalLength: 4000 });
+        await adapter().commit(created.id, { overwrite: false });
+        expect((await store().readDestination(['aborted.bin']))?.equals(all)).toBe(true);
+      });
+
+      it('a body that is already destroyed resolves with the unchanged offset', async () => {
+        const created = await create();
+        await append(created.id, 'abc');
+        const body = new Readable({ read() {} });
+        body.on('error', () => undefined); // the middleware listens to its request
+        body.destroy(new Error('socket hang up'));
+        await expect(adapter().writeFragment(created.id, 3, body)).resolves.toBe(3);
+        expect((await adapter().getSession(created.id))?.receivedLength).toBe(3);
+      });
+
+      it('streams a 20 MiB fragment from a lazy generator and stores every byte', async () => {
+        const created = await create(['big.bin']);
+        const size = 20 * MiB;
+        const hash = createHash('sha256');
+        async function* produce(): AsyncGenerator<Buffer> {
+          for (let offset = 0; offset < size; offset += 64 * 1024) {
+            const chunk = patternBytes(offset, Math.min(64 * 1024, size - offset));
+            hash.update(chunk);
+            yield chunk;
+          }
+        }
+        const body = Readable.from(produce(), { objectMode: false, highWaterMark: 64 * 1024 });
+        await expect(adapter().writeFragment(created.id, 0, body)).resolves.toBe(size);
+        await adapter().updateSession(created.id, { totalLength: size });
+        await adapter().commit(created.id, { overwrite: false });
+        const stored = await store().readDestination(['big.bin']);
+        expect(stored?.length).toBe(size);
+        expect(createHash('sha256').update(stored ?? Buffer.alloc(0)).digest('hex')).toBe(hash.digest('hex'));
+      });
+    });
+
+    describe('commit', () => {
+      it('places the exact bytes at the destination and marks the session complete', async () => {
+        const all = patternBytes(17, 70_000);
+        const created = await create(['exact.bin']);
+        await adapter().updateSession(created.id, { totalLength: all.length });
+        await append(created.id, all.subarray(0, 12_345));
+        await append(created.id, all.subarray(12_345));
+        await adapter().commit(created.id, { overwrite: false });
+        expect((await store().readDestination(['exact.bin']))?.equals(all)).toBe(true);
+        const record = await adapter().getSession(created.id);
+        expect(record?.state).toBe('complete');
+        expect(record?.receivedLength).toBe(all.length);
+        await expect(adapter().inspectDestination(['exact.bin'])).resolves.toBe('file');
+      });
+
+      it('commits a zero-byte upload as an empty file (§6.5)', async () => {
+        const created = await create(['empty.bin']);
+        await adapter().updateSession(created.id, { totalLength: 0 });
+        await adapter().commit(created.id, { overwrite: false });
+        const stored = await store().readDestination(['empty.bin']);
+        expect(stored).toBeDefined();
+        expect(stored?.length).toBe(0);
+      });
+
+      it('is idempotent: a second commit resolves and changes nothing', async () => {
+        const created = await upload(['twice.bin'], 'payload');
+        await expect(adapter().commit(created.id, { overwrite: false })).resolves.toBeUndefined();
+        await expect(adapter().commit(created.id, { overwrite: true })).resolves.toBeUndefined();
+        expect((await store().readDestination(['twice.bin']))?.toString()).toBe('payload');
+        expect((await adapter().getSession(created.id))?.state).toBe('complete');
+      });
+
+      it('refuses an existing file unless overwrite is on, and keeps the session for a retry (§15 A7)', async () => {
+        await upload(['taken.bin'], 'old content');
+        const created = await create(['taken.bin']);
+        await adapter().updateSession(created.id, { totalLength: 11 });
+        await append(created.id, 'new content');
+
+        await expect(adapter().commit(created.id, { overwrite: false })).rejects.toMatchObject({
+          name: 'DestinationExistsError',
+          code: 'BITS_DESTINATION_EXISTS',
+        });
+        expect((await store().readDestination(['taken.bin']))?.toString()).toBe('old content');
+        expect((await adapter().getSession(created.id))?.state).toBe('receiving');
+
+        await adapter().commit(created.id, { overwrite: true });
+        expect((await store().readDestination(['taken.bin']))?.toString()).toBe('new content');
+        expect((await adapter().getSession(created.id))?.state).toBe('complete');
+      });
+
+      it('rejects a destination that is a directory, with or without overwrite', async () => {
+        await upload(['folder', 'inside.bin'], 'inside');
+        const created = await create(['folder']);
+        await adapter().updateSession(created.id, { totalLength: 4 });
+        await append(created.id, 'data');
+        for (const overwrite of [false, true]) {
+          await expect(adapter().commit(created.id, { overwrite })).rejects.toMatchObject({
+            name: 'DestinationIsDirectoryError',
+            code: 'BITS_DESTINATION_IS_DIRECTORY',
+          });
+        }
+        expect((await store().readDestination(['folder', 'inside.bin']))?.toString()).toBe('inside');
+        expect((await adapter().getSession(created.id))?.state).toBe('receiving');
+      });
+
+      it('creates missing parent folders', async () => {
+        await upload(['a', 'b', 'c', 'deep.bin'], 'deep');
+        expect((await store().readDestination(['a', 'b', 'c', 'deep.bin']))?.toString()).toBe('deep');
+        await expect(adapter().inspectDestination(['a', 'b'])).resolves.toBe('directory');
+      });
+
+      it('keeps other files in the destination folder', async () => {
+        await upload(['shared', 'one.bin'], 'one');
+        await upload(['shared', 'two.bin'], 'two');
+        expect((await store().readDestination(['shared', 'one.bin']))?.toString()).toBe('one');
+        expect((await store().readDestination(['shared', 'two.bin']))?.toString()).toBe('two');
+      });
+    });
+
+    describe('inspectDestination', () => {
+      it('reports missing, file and directory', async () => {
+        await upload(['dir', 'file.bin'], 'x');
+        await expect(adapter().inspectDestination(['nothing-here.bin'])).resolves.toBe('missing');
+        await expect(adapter().inspectDestination(['dir', 'nothing', 'deeper.bin'])).resolves.toBe('missing');
+        await expect(adapter().inspectDestination(['dir'])).resolves.toBe('directory');
+        await expect(adapter().inspectDestination(['dir', 'file.bin'])).resolves.toBe('file');
+      });
+
+      it('does not count unfinished uploads as files', async () => {
+        const created = await create(['pending.bin']);
+        await append(created.id, 'partial');
+        await expect(adapter().inspectDestination(['pending.bin'])).resolves.toBe('missing');
+        expect(await store().readDestination(['pending.bin'])).toBeUndefined();
+      });
+    });
+
+    describe('endSession and deleteSession', () => {
+      it('closing a committed session keeps a tombstone and the destination (§5.4)', async () => {
+        const created = await upload(['kept.bin'], 'kept');
+        const now = Date.now() + 1000;
+        await adapter().endSession(created.id, 'closed', now);
+        const record = await adapter().getSession(created.id);
+        expect(record).toMatchObject({ id: created.id, state: 'closed', updatedAt: now });
+        expect((await store().readDestination(['kept.bin']))?.toString()).toBe('kept');
+      });
+
+      it('cancelling an unfinished session keeps a tombstone and writes nothing to the destination (§3.5)', async () => {
+        const created = await create(['never.bin']);
+        await append(created.id, 'partial data');
+        const now = Date.now();
+        await adapter().endSession(created.id, 'cancelled', now);
+        expect(await adapter().getSession(created.id)).toMatchObject({ state: 'cancelled', updatedAt: now });
+        await expect(adapter().inspectDestination(['never.bin'])).resolves.toBe('missing');
+        expect(await store().readDestination(['never.bin'])).toBeUndefined();
+      });
+
+      it('closing an unfinished session discards it without touching an existing destination (§3.4)', async () => {
+        await upload(['existing.bin'], 'original');
+        const created = await create(['existing.bin']);
+        await append(created.id, 'replacement that never completes');
+        await adapter().endSession(created.id, 'closed', Date.now());
+        expect((await adapter().getSession(created.id))?.state).toBe('closed');
+        expect((await store().readDestination(['existing.bin']))?.toString()).toBe('original');
+      });
+
+      it('deleteSession removes the record, keeps the destination and resolves when already gone', async () => {
+        const created = await upload(['stays.bin'], 'stays');
+        await adapter().deleteSession(created.id);
+        await expect(adapter().getSession(created.id)).resolves.toBeUndefined();
+        await expect(adapter().deleteSession(created.id)).resolves.toBeUndefined();
+        await expect(adapter().deleteSession(newId())).resolves.toBeUndefined();
+        expect((await store().readDestination(['stays.bin']))?.toString()).toBe('stays');
+      });
+
+      it('deleteSession of an unfinished session removes it completely', async () => {
+        const created = await create(['gone.bin']);
+        await append(created.id, 'bytes');
+        await adapter().deleteSession(created.id);
+        await expect(adapter().getSession(created.id)).resolves.toBeUndefined();
+        await expect(adapter().inspectDestination(['gone.bin'])).resolves.toBe('missing');
+      });
+    });
+
+    describe('listSessions', () => {
+      it('yields every record, tombstones included, and not deleted ones', async () => {
+        const receiving = await create(['one.bin']);
+        await append(receiving.id, 'abc');
+        const complete = await upload(['two.bin'], 'two');
+        const closed = await upload(['three.bin'], 'three');
+        await adapter().endSession(closed.id, 'closed', Date.now());
+        const cancelled = await create(['four.bin']);
+        await adapter().endSession(cancelled.id, 'cancelled', Date.now());
+        const deleted = await create(['five.bin']);
+        await adapter().deleteSession(deleted.id);
+
+        const listed = new Map<string, SessionRecord>();
+        for await (const record of adapter().listSessions()) listed.set(record.id, record);
+        expect(listed.get(receiving.id)).toMatchObject({ state: 'receiving', receivedLength: 3 });
+        expect(listed.get(complete.id)?.state).toBe('complete');
+        expect(listed.get(closed.id)?.state).toBe('closed');
+        expect(listed.get(cancelled.id)?.state).toBe('cancelled');
+        expect(listed.has(deleted.id)).toBe(false);
+      });
+
+      it('allows deleting sessions while iterating (expiry)', async () => {
+        const ids = [(await create(['x1.bin'])).id, (await create(['x2.bin'])).id, (await create(['x3.bin'])).id];
+        for await (const record of adapter().listSessions()) await adapter().deleteSession(record.id);
+        for (const id of ids) await expect(adapter().getSession(id)).resolves.toBeUndefined();
+      });
+    });
+
+    describe('unknown sessions', () => {
+      it('reject with SessionNotFoundError in every method that names a session', async () => {
+        const id = newId();
+        const notFound = { name: 'SessionNotFoundError', code: 'BITS_SESSION_NOT_FOUND', sessionId: id };
+        await expect(adapter().updateSession(id, { totalLength: 1 })).rejects.toMatchObject(notFound);
+        await expect(adapter().writeFragment(id, 0, bodyOf('x'))).rejects.toMatchObject(notFound);
+        await expect(adapter().commit(id, { overwrite: false })).rejects.toMatchObject(notFound);
+        await expect(adapter().endSession(id, 'closed', Date.now())).rejects.toMatchObject(notFound);
+      });
+
+      it('a deleted session is unknown', async () => {
+        const created = await create();
+        await adapter().deleteSession(created.id);
+        await expect(adapter().writeFragment(created.id, 0, bodyOf('x'))).rejects.toMatchObject({
+          code: 'BITS_SESSION_NOT_FOUND',
+        });
+      });
+    });
+
+    describe('another instance over the same store', () => {
+      it('sees the sessions, continues them and commits (when the harness can reopen)', async () => {
+        const { reopen } = store();
+        if (reopen === undefined) return;
+        const all = patternBytes(3, 50_000);
+        const created = await create(['resumed.bin']);
+        await adapter().updateSession(created.id, { totalLength: all.length });
+        await append(created.id, all.subarray(0, 20_000));
+        const tombstone = await create(['ended.bin']);
+        await adapter().endSession(tombstone.id, 'cancelled', Date.now());
+
+        const second = await reopen.call(store());
+        expect(await second.getSession(created.id)).toEqual(await adapter().getSession(created.id));
+        const ids: string[] = [];
+        for await (const record of second.listSessions()) ids.push(record.id);
+        expect(ids).toEqual(expect.arrayContaining([created.id, tombstone.id]));
+        expect((await second.getSession(tombstone.id))?.state).toBe('cancelled');
+
+        await expect(append(created.id, all.subarray(20_000), second)).resolves.toBe(all.length);
+        await second.commit(created.id, { overwrite: false });
+        expect((await store().readDestination(['resumed.bin']))?.equals(all)).toBe(true);
+        expect((await adapter().getSession(created.id))?.state).toBe('complete');
+      });
+    });
+  });
+}
+
+/** A braced upper-case GUID, like the ids the middleware issues (bits-protocol.md §5.1). */
+function newId(): string {
+  return `{${randomUUID().toUpperCase()}}`;
+}
+
+function newSession(destination: Destination, extra: Partial<NewSession>): NewSession {
+  return {
+    id: newId(),
+    destination,
+    urlPath: `/uploads/${destination.join('/')}`,
+    principal: undefined,
+    protocol: '{7df0354d-249b-430f-820d-3d2a9bef4931}',
+    createdAt: Date.now(),
+    ...extra,
+  };
+}
+
+function bodyOf(bytes: Buffer | string): Readable {
+  return chunked(Buffer.from(bytes), 16 * 1024);
+}
+
+/** A byte stream delivering `bytes` in chunks of `size`, like a socket would. */
+function chunked(bytes: Buffer, size: number): Readable {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i += size) chunks.push(Buffer.from(bytes.subarray(i, i + size)));
+  return Readable.from(chunks, { objectMode: false });
+}
+
+/** Delivers `bytes`, then fails the way a request does when its client disconnects. */
+function abortingBody(bytes: Buffer): Readable {
+  async function* produce(): AsyncGenerator<Buffer> {
+    yield Buffer.from(bytes);
+    // Time for the adapter to take the bytes before the stream fails.
+    await delay(50);
+    throw Object.assign(new Error('aborted'), { code: 'ECONNRESET' });
+  }
+  return Readable.from(produce(), { objectMode: false });
+}
+
+/** Deterministic bytes that differ at every position of a period (251, a prime) and repeat. */
+function patternBytes(start: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  for (let i = 0; i < length; i++) out[i] = ((start + i) * 7 + 13) % 251;
+  return out;
+}

@@ -1,0 +1,689 @@
+import { createHash } from 'node:crypto';
+import type { Stats } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import createDebug from 'debug';
+import {
+  DestinationExistsError,
+  DestinationIsDirectoryError,
+  InvalidDestinationError,
+  SessionNotFoundError,
+} from './adapter';
+import type {
+  CommitOptions,
+  Destination,
+  DestinationKind,
+  NewSession,
+  SessionChanges,
+  SessionRecord,
+  SessionState,
+  StorageAdapter,
+} from './adapter';
+
+const debug = createDebug('bits-upload:storage:fs');
+
+/**
+ * When {@link FileSystemStorage} calls `fsync`:
+ * - `fragment`: before every fragment is acknowledged, and for every record. An acknowledged byte
+ *   survives a power cut.
+ * - `commit`: only data at commit, records always. After a power cut a session may report fewer
+ *   bytes than were acknowledged (the client then resends them, bits-protocol.md §6.3), and on
+ *   file systems without ordered data writes the lost tail may read back as zeros.
+ * - `never`: no `fsync` at all (tests, tmpfs, or storage that is durable anyway).
+ */
+export type FsyncPolicy = 'fragment' | 'commit' | 'never';
+
+/** Options of {@link FileSystemStorage}. */
+export interface FileSystemStorageOptions {
+  /** Root folder of all destinations. Resolved to an absolute path and created if missing. Required. */
+  readonly directory: string;
+  /**
+   * Name of the hidden folder under `directory` that holds session records and partial data. It sits
+   * on the same file system as the destinations so that commit is a rename, and no upload may target
+   * it. Defaults to `.bits-sessions`.
+   */
+  readonly sessionDirectory?: string;
+  /** When data and records are flushed to disk, see {@link FsyncPolicy}. Defaults to `'fragment'`. */
+  readonly fsync?: FsyncPolicy;
+}
+
+interface ResolvedOptions {
+  readonly root: string;
+  readonly sessionDirectory: string;
+  readonly fsync: FsyncPolicy;
+}
+
+/** What record.json holds: the public record plus the adapter's own commit marker. */
+interface StoredRecord extends SessionRecord {
+  /** Set just before the data is moved, so that a commit interrupted by a crash can be finished. */
+  readonly committing?: boolean;
+}
+
+const RECORD_FILE = 'record.json';
+const RECORD_TEMP = 'record.json.tmp';
+const DATA_FILE = 'data';
+const RECORD_VERSION = 1;
+/** Bytes given back on a full disk so that the record still fits (a few file-system blocks). */
+const RECORD_ROOM = 64 * 1024;
+const STATES: readonly SessionState[] = ['receiving', 'complete', 'closed', 'cancelled'];
+const FSYNC_POLICIES: readonly FsyncPolicy[] = ['fragment', 'commit', 'never'];
+const WINDOWS_RESERVED = /^(con|prn|aux|nul|com\d|lpt\d)$/i;
+
+/**
+ * Stores uploads on a local (or any POSIX-like) file system. Each session is a folder
+ * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (replaced atomically) and `data`
+ * (the received bytes, appended in place). Commit renames or hard-links `data` to the destination,
+ * so readers see the old file or the whole new one (bits-protocol.md §5.5).
+ *
+ * The record and the data file can disagree only after a crash; the data file is then trusted up to
+ * the record's length, so a restarted process never reports bytes it does not hold (§6.3).
+ */
+export class FileSystemStorage implements StorageAdapter {
+  readonly #options: ResolvedOptions;
+  readonly #sessionsDir: string;
+  #ready: Promise<{ realRoot: string; realSessions: string }> | undefined;
+
+  constructor(options: FileSystemStorageOptions) {
+    this.#options = resolveOptions(options);
+    this.#sessionsDir = path.join(this.#options.root, this.#options.sessionDirectory);
+  }
+
+  /** Absolute path of the storage root. */
+  get directory(): string {
+    return this.#options.root;
+  }
+
+  async createSession(session: NewSession): Promise<SessionRecord> {
+    await this.#init();
+    await this.#destinationPath(session.destination);
+    const dir = this.#sessionPath(session.id);
+    // Not recursive: an existing folder means the id is taken, which must never be papered over.
+    await fs.mkdir(dir);
+    const record: StoredRecord = {
+      id: session.id,
+      destination: [...session.destination],
+      urlPath: session.urlPath,
+      principal: session.principal,
+      protocol: session.protocol,
+      totalLength: undefined,
+      receivedLength: 0,
+      state: 'receiving',
+      createdAt: session.createdAt,
+      updatedAt: session.createdAt,
+    };
+    try {
+      const data = await fs.open(path.join(dir, DATA_FILE), 'wx');
+      await data.close();
+      await this.#writeRecord(dir, record);
+    } catch (error) {
+      // A folder without a record is invisible to listSessions and would never expire.
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      throw error;
+    }
+    await this.#syncDirectory(this.#sessionsDir);
+    debug('created session %s for %s', session.id, session.destination.join('/'));
+    return publicRecord(record);
+  }
+
+  async getSession(id: string): Promise<SessionRecord | undefined> {
+    await this.#init();
+    const loaded = await this.#loadRecord(id);
+    return loaded && publicRecord(loaded.record);
+  }
+
+  async updateSession(id: string, changes: SessionChanges): Promise<SessionRecord> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    const updated: StoredRecord = {
+      ...record,
+      ...(changes.totalLength !== undefined && { totalLength: changes.totalLength }),
+      ...(changes.state !== undefined && { state: changes.state }),
+      ...(changes.updatedAt !== undefined && { updatedAt: changes.updatedAt }),
+    };
+    await this.#writeRecord(dir, updated);
+    return publicRecord(updated);
+  }
+
+  async writeFragment(id: string, offset: number, body: Readable): Promise<number> {
+    // Until pipeline listens, an abort must not surface as an unhandled 'error' event.
+    const ignore = (): void => undefined;
+    body.on('error', ignore);
+    try {
+      return await this.#writeFragment(id, offset, body);
+    } finally {
+      body.off('error', ignore);
+    }
+  }
+
+  async #writeFragment(id: string, offset: number, body: Readable): Promise<number> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    if (record.state !== 'receiving') {
+      throw new Error(`Session ${id} is ${record.state}; it takes no more data`);
+    }
+    if (offset !== record.receivedLength) {
+      // The middleware owns the range arithmetic (§6.3); a mismatch is a bug there, and writing
+      // anyway would leave a hole or overwrite durable bytes.
+      throw new RangeError(`Fragment offset ${offset} is not the received length ${record.receivedLength} of ${id}`);
+    }
+
+    const policy = this.#options.fsync;
+    const file = await fs.open(path.join(dir, DATA_FILE), 'a');
+    let length = offset;
+    let storageError: unknown;
+    try {
+      const { size } = await file.stat();
+      if (size > offset) {
+        // A crash between writing bytes and recording them left a tail nobody acknowledged.
+        debug('session %s: dropping %d unrecorded bytes', id, size - offset);
+        await file.truncate(offset);
+      }
+
+      let written = 0;
+      try {
+        // for-await inside pipeline: one chunk is written before the next is read (backpressure),
+        // and a body error surfaces only after the chunks before it are on disk.
+        await pipeline(body, async (source: AsyncIterable<unknown>) => {
+          for await (const chunk of source) {
+            try {
+              const bytes = toBuffer(chunk);
+              // Counted per write call, so a failure halfway through a chunk still knows what landed.
+              // Position null: the file is opened for appending, so every write lands at its end.
+              for (let done = 0; done < bytes.length; ) {
+                const { bytesWritten } = await file.write(bytes, done, bytes.length - done, null);
+                done += bytesWritten;
+                written += bytesWritten;
+              }
+            } catch (error) {
+              storageError = error;
+              throw error;
+            }
+          }
+        });
+      } catch (error) {
+        if (storageError === undefined) debug('session %s: body ended with %s after %d bytes', id, errorText(error), written);
+      }
+      length = offset + written;
+
+      if (written > 0 && policy === 'fragment') {
+        try {
+          await file.sync();
+        } catch (error) {
+          // A failed fsync vouches for nothing written since the last good one.
+          storageError ??= error;
+          length = offset;
+        }
+      }
+      if (storageError !== undefined) {
+        debug('session %s: storing failed with %s; keeping %d bytes', id, errorText(storageError), length);
+        if (length < offset + written) await file.truncate(length).catch(() => undefined);
+      }
+    } finally {
+      await file.close();
+    }
+
+    if (length !== record.receivedLength) {
+      const dataPath = path.join(dir, DATA_FILE);
+      const save = (received: number): Promise<unknown> =>
+        this.#writeRecord(dir, { ...record, receivedLength: received, updatedAt: Date.now() }).then(
+          () => undefined,
+          (error: unknown) => error ?? new Error('record write failed'),
+        );
+      let recordError = await save(length);
+      if (recordError !== undefined && isErrno(recordError, 'ENOSPC', 'EDQUOT') && length - offset > RECORD_ROOM) {
+        // The disk filled up under the record: give back a little of the new data so the record
+        // fits, rather than losing all of it. Storing still failed, so the caller hears of it.
+        storageError ??= recordError;
+        length -= RECORD_ROOM;
+        debug('session %s: no room for the record; giving back %d bytes', id, RECORD_ROOM);
+        recordError = await fs.truncate(dataPath, length).then(() => save(length), (error: unknown) => error);
+      }
+      if (recordError !== undefined) {
+        // The old record still tells the truth (reads trust it over a longer file); cutting the
+        // file back to it frees the space now.
+        debug('session %s: record not updated (%s); back to %d bytes', id, errorText(recordError), record.receivedLength);
+        await fs.truncate(dataPath, record.receivedLength).catch(() => undefined);
+        throw storageError ?? recordError;
+      }
+    }
+    if (storageError !== undefined) throw storageError;
+    debug('session %s: %d -> %d', id, offset, length);
+    return length;
+  }
+
+  async inspectDestination(destination: Destination): Promise<DestinationKind> {
+    await this.#init();
+    return kindOf(await this.#destinationPath(destination));
+  }
+
+  async commit(id: string, options: CommitOptions): Promise<void> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    if (record.state === 'complete') return;
+    if (record.state !== 'receiving') throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
+
+    const target = await this.#destinationPath(record.destination);
+    const dataPath = path.join(dir, DATA_FILE);
+    const data = await statOrUndefined(dataPath);
+    if (data === undefined) {
+      // The data is gone: either a previous commit moved it and crashed before recording that,
+      // or it was lost. Only the commit marker tells the two apart.
+      if (!record.committing) throw new Error(`Session ${id} has no data to commit`);
+      debug('session %s: finishing an interrupted commit', id);
+      await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
+      return;
+    }
+    if (record.totalLength !== undefined && record.receivedLength !== record.totalLength) {
+      throw new Error(`Session ${id} holds ${record.receivedLength} of ${record.totalLength} bytes; it cannot be committed`);
+    }
+
+    const handle = await fs.open(dataPath, 'r+');
+    try {
+      // Bytes beyond the record were never acknowledged (a crash tail); they must not be published.
+      if (data.size > record.receivedLength) await handle.truncate(record.receivedLength);
+      if (this.#options.fsync !== 'never') await handle.sync();
+    } finally {
+      await handle.close();
+    }
+
+    const existing = await kindOf(target);
+    if (existing === 'directory') throw new DestinationIsDirectoryError(record.destination);
+    if (existing === 'file' && !options.overwrite && !(await sameFile(dataPath, target))) {
+      throw new DestinationExistsError(record.destination);
+    }
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    // mkdir may have created folders through a link planted meanwhile; check again before moving.
+    await this.#destinationPath(record.destination);
+    if (!record.committing) await this.#writeRecord(dir, { ...record, committing: true });
+
+    if (options.overwrite) {
+      await fs.rename(dataPath, target).catch((error: unknown) => {
+        throw mapMoveError(error, record.destination);
+      });
+    } else {
+      await this.#linkWithoutOverwrite(dataPath, target, record.destination);
+    }
+    await this.#syncDirectory(path.dirname(target));
+    await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
+    debug('session %s committed to %s', id, record.destination.join('/'));
+  }
+
+  async endSession(id: string, state: 'closed' | 'cancelled', now: number): Promise<void> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    // Only the temporary data goes; a committed destination is no longer in the session folder.
+    await fs.rm(path.join(dir, DATA_FILE), { force: true });
+    await this.#writeRecord(dir, withoutCommitMarker({ ...record, state, updatedAt: now }));
+    debug('session %s %s', id, state);
+  }
+
+  async deleteSession(id: string): Promise<void> {
+    await this.#init();
+    await fs.rm(this.#sessionPath(id), { recursive: true, force: true });
+    debug('session %s deleted', id);
+  }
+
+  async *listSessions(): AsyncIterable<SessionRecord> {
+    await this.#init();
+    const entries = await fs.readdir(this.#sessionsDir, { withFileTypes: true });
+    for (const entry of entries) {
+      if (!entry.isDirectory()) continue;
+      const dir = path.join(this.#sessionsDir, entry.name);
+      let record: StoredRecord;
+      try {
+        record = await this.#readRecordFile(dir);
+        if (sessionFolderName(record.id) !== entry.name) throw new Error(`it holds the record of ${record.id}`);
+      } catch (error) {
+        // One damaged folder must not stop expiry of all the others.
+        debug('skipping session folder %s: %s', entry.name, errorText(error));
+        continue;
+      }
+      yield publicRecord(await reconcile(record, dir));
+    }
+  }
+
+  /** Creates the root and session folder once; a failure is retried by the next call. */
+  #init(): Promise<{ realRoot: string; realSessions: string }> {
+    this.#ready ??= (async () => {
+      await fs.mkdir(this.#sessionsDir, { recursive: true });
+      return { realRoot: await fs.realpath(this.#options.root), realSessions: await fs.realpath(this.#sessionsDir) };
+    })().catch((error: unknown) => {
+      this.#ready = undefined;
+      throw error;
+    });
+    return this.#ready;
+  }
+
+  #sessionPath(id: string): string {
+    return path.join(this.#sessionsDir, sessionFolderName(id));
+  }
+
+  /**
+   * Maps a destination to a path inside the root, or throws InvalidDestinationError. The middleware
+   * has validated the segments already; this is the adapter's own guarantee that nothing escapes.
+   */
+  async #destinationPath(destination: Destination): Promise<string> {
+    const refuse = (reason: string): never => {
+      throw new InvalidDestinationError(destination, reason);
+    };
+    if (!Array.isArray(destination) || destination.length === 0) refuse('it has no segments');
+    for (const segment of destination) {
+      if (typeof segment !== 'string' || segment === '' || segment === '.' || segment === '..') refuse('a segment is empty, . or ..');
+      if (/[/\\\0]/.test(segment)) refuse('a segment contains a separator or NUL');
+    }
+    // Windows ignores trailing dots and spaces, so `.bits-sessions.` would name the session folder too.
+    if (destination[0].replace(/[. ]+$/, '').toLowerCase() === this.#options.sessionDirectory.toLowerCase()) {
+      refuse('it names the session folder');
+    }
+    const { root } = this.#options;
+    const target = path.join(root, ...destination);
+    if (!isInside(root, target)) refuse('it leaves the storage root');
+
+    // Links: the deepest folder that exists must really be inside the root, and not in the sessions.
+    const { realRoot, realSessions } = await this.#init();
+    const real = await realpathOfDeepestExisting(path.dirname(target), root);
+    if (real === undefined) return refuse('a link on the way leads nowhere');
+    if (!isInside(realRoot, real) && real !== realRoot) refuse('a link leads outside the storage root');
+    if (real === realSessions || isInside(realSessions, real)) refuse('a link leads into the session folder');
+    return target;
+  }
+
+  async #loadRecord(id: string): Promise<{ record: StoredRecord; dir: string } | undefined> {
+    const dir = this.#sessionPath(id);
+    let record: StoredRecord;
+    try {
+      record = await this.#readRecordFile(dir);
+    } catch (error) {
+      if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
+      throw error;
+    }
+    // Case-insensitive file systems map ids differing in case to one folder; ids are exact.
+    if (record.id !== id) return undefined;
+    return { record: await reconcile(record, dir), dir };
+  }
+
+  async #requireRecord(id: string): Promise<{ record: StoredRecord; dir: string }> {
+    const loaded = await this.#loadRecord(id);
+    if (loaded === undefined) throw new SessionNotFoundError(id);
+    return loaded;
+  }
+
+  async #readRecordFile(dir: string): Promise<StoredRecord> {
+    const text = await fs.readFile(path.join(dir, RECORD_FILE), 'utf8');
+    return parseRecord(text, dir);
+  }
+
+  /** write temp + fsync + rename + fsync folder: a crash leaves the old record or the new one. */
+  async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
+    const temp = path.join(dir, RECORD_TEMP);
+    const handle = await fs.open(temp, 'w');
+    try {
+      await handle.writeFile(serializeRecord(record));
+      if (this.#options.fsync !== 'never') await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.rename(temp, path.join(dir, RECORD_FILE));
+    await this.#syncDirectory(dir);
+  }
+
+  /** Makes a rename or new entry in `dir` durable. Not possible everywhere (Windows), hence best effort. */
+  async #syncDirectory(dir: string): Promise<void> {
+    if (this.#options.fsync === 'never') return;
+    let handle: FileHandle | undefined;
+    try {
+      handle = await fs.open(dir, 'r');
+      await handle.sync();
+    } catch (error) {
+      debug('cannot fsync folder %s: %s', dir, errorText(error));
+    } finally {
+      await handle?.close();
+    }
+  }
+
+  /**
+   * link() fails with EEXIST atomically, which a stat-then-rename cannot do; the link is then the
+   * destination and the session's name for it is removed.
+   */
+  async #linkWithoutOverwrite(dataPath: string, target: string, destination: Destination): Promise<void> {
+    try {
+      await fs.link(dataPath, target);
+    } catch (error) {
+      if (isErrno(error, 'EEXIST')) {
+        // A commit that crashed after linking left the same file under both names.
+        if (!(await sameFile(dataPath, target))) {
+          throw (await kindOf(target)) === 'directory'
+            ? new DestinationIsDirectoryError(destination)
+            : new DestinationExistsError(destination);
+        }
+      } else if (isErrno(error, 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS') && (await kindOf(target)) === 'missing') {
+        // File systems without hard links (FAT, some network shares): check, then rename. A file
+        // appearing between the two steps would be replaced; nothing better exists there.
+        debug('hard links unavailable (%s); renaming instead', errorText(error));
+        await fs.rename(dataPath, target).catch((renameError: unknown) => {
+          throw mapMoveError(renameError, destination);
+        });
+        return;
+      } else {
+        throw mapMoveError(error, destination);
+      }
+    }
+    await fs.unlink(dataPath);
+  }
+}
+
+function resolveOptions(options: FileSystemStorageOptions): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError(
+      `FileSystemStorage expects an options object, got ${show(options)}; write new FileSystemStorage({ directory: '...' })`,
+    );
+  }
+  const { directory, sessionDirectory = '.bits-sessions', fsync = 'fragment' } = options;
+  if (typeof directory !== 'string' || directory === '') {
+    throw new TypeError(`FileSystemStorage option "directory" must be a non-empty path, got ${show(directory)}`);
+  }
+  if (
+    typeof sessionDirectory !== 'string' ||
+    sessionDirectory === '' ||
+    sessionDirectory === '.' ||
+    sessionDirectory === '..' ||
+    /[/\\\0]/.test(sessionDirectory)
+  ) {
+    throw new TypeError(
+      `FileSystemStorage option "sessionDirectory" must be a single folder name such as '.bits-sessions', got ${show(sessionDirectory)}`,
+    );
+  }
+  if (!FSYNC_POLICIES.includes(fsync)) {
+    throw new TypeError(
+      `FileSystemStorage option "fsync" must be one of ${FSYNC_POLICIES.map((p) => `'${p}'`).join(', ')}, got ${show(fsync)}`,
+    );
+  }
+  return Object.freeze({ root: path.resolve(directory), sessionDirectory, fsync });
+}
+
+/**
+ * A folder name for a session id that is the same on every file system: characters outside
+ * `[A-Za-z0-9_{}-]` are percent-encoded (so no dots, separators or trailing spaces), Windows device
+ * names get their first letter encoded, and ids too long for a file name are hashed. IIS-style ids
+ * (`{XXXXXXXX-...}`, bits-protocol.md §5.1) map to themselves.
+ */
+export function sessionFolderName(id: string): string {
+  let name = '';
+  for (const byte of Buffer.from(id, 'utf8')) {
+    const char = String.fromCharCode(byte);
+    name += /[A-Za-z0-9_{}-]/.test(char) ? char : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  if (WINDOWS_RESERVED.test(name)) name = `%${name.charCodeAt(0).toString(16).toUpperCase()}${name.slice(1)}`;
+  // `~` is always encoded above, so hashed names cannot collide with encoded ones.
+  if (name === '' || name.length > 200) name = `~${createHash('sha256').update(id).digest('hex')}`;
+  return name;
+}
+
+/** The data file is the truth for what is on disk, but never beyond what the record vouches for. */
+async function reconcile(record: StoredRecord, dir: string): Promise<StoredRecord> {
+  if (record.state !== 'receiving') return record;
+  const data = await statOrUndefined(path.join(dir, DATA_FILE));
+  const onDisk = data?.size ?? 0;
+  if (onDisk >= record.receivedLength) return record;
+  if (!record.committing) debug('session %s: record says %d bytes, data file has %d', record.id, record.receivedLength, onDisk);
+  // A missing data file during an interrupted commit means the bytes are at the destination.
+  if (record.committing && data === undefined) return record;
+  return { ...record, receivedLength: onDisk };
+}
+
+function toBuffer(chunk: unknown): Buffer {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
+  if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  throw new TypeError(`A fragment body must yield bytes, got ${show(chunk)}`);
+}
+
+async function kindOf(target: string): Promise<DestinationKind> {
+  const stats = await lstatOrUndefined(target);
+  if (stats === undefined) return 'missing';
+  return stats.isDirectory() ? 'directory' : 'file';
+}
+
+async function sameFile(a: string, b: string): Promise<boolean> {
+  const [sa, sb] = await Promise.all([lstatOrUndefined(a), lstatOrUndefined(b)]);
+  return sa !== undefined && sb !== undefined && sa.ino === sb.ino && sa.dev === sb.dev && sa.ino !== 0;
+}
+
+async function statOrUndefined(file: string): Promise<Stats | undefined> {
+  try {
+    return await fs.stat(file);
+  } catch (error) {
+    if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
+    throw error;
+  }
+}
+
+async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(file);
+  } catch (error) {
+    if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
+    throw error;
+  }
+}
+
+/** Real path of `dir` or of its deepest existing ancestor; undefined when a link there leads nowhere. */
+async function realpathOfDeepestExisting(dir: string, stop: string): Promise<string | undefined> {
+  let current = dir;
+  for (;;) {
+    try {
+      return await fs.realpath(current);
+    } catch (error) {
+      if (isErrno(error, 'ELOOP')) return undefined;
+      if (!isErrno(error, 'ENOENT', 'ENOTDIR') || current === stop) throw error;
+      // A dangling link would let mkdir or rename create its target wherever it points.
+      if ((await lstatOrUndefined(current)) !== undefined) return undefined;
+      const parent = path.dirname(current);
+      if (parent === current) throw error;
+      current = parent;
+    }
+  }
+}
+
+function isInside(parent: string, child: string): boolean {
+  const relative = path.relative(parent, child);
+  return relative !== '' && relative.split(path.sep)[0] !== '..' && !path.isAbsolute(relative);
+}
+
+function mapMoveError(error: unknown, destination: Destination): unknown {
+  if (isErrno(error, 'EISDIR', 'ENOTEMPTY')) return new DestinationIsDirectoryError(destination);
+  return error;
+}
+
+function withoutCommitMarker(record: StoredRecord): StoredRecord {
+  const { committing: _committing, ...rest } = record;
+  return rest;
+}
+
+function publicRecord(record: StoredRecord): SessionRecord {
+  return Object.freeze({
+    id: record.id,
+    destination: Object.freeze([...record.destination]),
+    urlPath: record.urlPath,
+    principal: record.principal,
+    protocol: record.protocol,
+    totalLength: record.totalLength,
+    receivedLength: record.receivedLength,
+    state: record.state,
+    createdAt: record.createdAt,
+    updatedAt: record.updatedAt,
+  });
+}
+
+function serializeRecord(record: StoredRecord): string {
+  return `${JSON.stringify({
+    version: RECORD_VERSION,
+    id: record.id,
+    destination: record.destination,
+    urlPath: record.urlPath,
+    principal: record.principal ?? null,
+    protocol: record.protocol,
+    totalLength: record.totalLength ?? null,
+    receivedLength: record.receivedLength,
+    state: record.state,
+    createdAt: record.createdAt,
+    updatedAt: record.updatedAt,
+    ...(record.committing === true && { committing: true }),
+  })}\n`;
+}
+
+function parseRecord(text: string, dir: string): StoredRecord {
+  const value: unknown = JSON.parse(text);
+  const fail = (field: string): never => {
+    throw new Error(`Corrupt session record in ${dir}: bad ${field}`);
+  };
+  if (typeof value !== 'object' || value === null) return fail('document');
+  const v = value as Record<string, unknown>;
+  if (v['version'] !== RECORD_VERSION) fail('version');
+  const isLength = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+  const { id, destination, urlPath, principal, protocol, totalLength, receivedLength, state, createdAt, updatedAt } = v;
+  if (typeof id !== 'string') fail('id');
+  if (!Array.isArray(destination) || !destination.every((s): s is string => typeof s === 'string')) fail('destination');
+  if (typeof urlPath !== 'string') fail('urlPath');
+  if (principal !== null && typeof principal !== 'string') fail('principal');
+  if (typeof protocol !== 'string') fail('protocol');
+  if (totalLength !== null && !isLength(totalLength)) fail('totalLength');
+  if (!isLength(receivedLength)) fail('receivedLength');
+  if (!STATES.includes(state as SessionState)) fail('state');
+  if (typeof createdAt !== 'number' || typeof updatedAt !== 'number') fail('timestamps');
+  return {
+    id: id as string,
+    destination: destination as string[],
+    urlPath: urlPath as string,
+    principal: (principal as string | null) ?? undefined,
+    protocol: protocol as string,
+    totalLength: (totalLength as number | null) ?? undefined,
+    receivedLength: receivedLength as number,
+    state: state as SessionState,
+    createdAt: createdAt as number,
+    updatedAt: updatedAt as number,
+    ...(v['committing'] === true && { committing: true }),
+  };
+}
+
+// Duck-typed: errors from another realm (vm contexts, Jest) fail `instanceof Error`.
+function isErrno(error: unknown, ...codes: string[]): error is NodeJS.ErrnoException {
+  const code = typeof error === 'object' && error !== null ? (error as NodeJS.ErrnoException).code : undefined;
+  return typeof code === 'string' && codes.includes(code);
+}
+
+function errorText(error: unknown): string {
+  if (typeof error !== 'object' || error === null) return String(error);
+  const { code, message } = error as NodeJS.ErrnoException;
+  return typeof code === 'string' ? code : String(message);
+}
+
+function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (value === null || value === undefined) return String(value);
+  if (typeof value === 'function') return `a function${value.name ? ` (${value.name})` : ''}`;
+  return typeof value === 'object' ? JSON.stringify(value) ?? typeof value : String(value);
+}

@@ -1,0 +1,22 @@
+export {
+  DestinationExistsError,
+  DestinationIsDirectoryError,
+  InvalidDestinationError,
+  SessionNotFoundError,
+} from './adapter';
+export type {
+  CommitOptions,
+  Destination,
+  DestinationKind,
+  NewSession,
+  SessionChanges,
+  SessionRecord,
+  SessionState,
+  StorageAdapter,
+} from './adapter';
+export { FileSystemStorage } from './filesystem';
+export type { FileSystemStorageOptions, FsyncPolicy } from './filesystem';
+export { MemoryStorage } from './memory';
+export type { MemoryStorageOptions } from './memory';
+export { runStorageAdapterConformance } from './conformance';
+export type { StorageAdapterHarness } from './conformance';
