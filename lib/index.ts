@@ -1,3 +1,11 @@
+export { bitsUpload, bitsUpload as default } from './middleware';
+export type { BitsUploadMiddleware } from './middleware';
+export type { BitsUploadOptions } from './options';
+export { BitsError } from './errors';
+export type { BitsErrorCode, BitsErrorOptions } from './errors';
+export { BITS_PROTOCOL_GUID, HRESULT } from './protocol/constants';
+export type { PacketType } from './protocol/constants';
+export * from './storage';
 export { acceptBitsPost, acceptsBitsPost, bitsPostStats, MARKER_OVERHEAD } from './server/accept-bits-post';
 export type { AcceptBitsPostOptions, BitsPostStats } from './server/accept-bits-post';
 export type { PassthroughReason } from './server/framing-tracker';

@@ -76,6 +76,8 @@ interface HttpParser {
 interface InternalSocket extends Socket {
   _handle?: StreamHandle | null;
   parser?: HttpParser | null;
+  /** The response Node is writing on this socket, if any. */
+  _httpMessage?: { _headerSent?: boolean } | null;
 }
 
 type AnyServer = http.Server | https.Server;
@@ -209,13 +211,19 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
   const originalPush = socket.push;
   let lastResult = true;
   let holdTimer: NodeJS.Timeout | undefined;
+  let finished = false;
   const forward = (piece: Buffer): void => {
+    // Report a passthrough before the parser sees the bytes that caused it: when they are bad, the
+    // parser's 400 destroys the socket at once, and onPassthrough (and the debug line) would get a
+    // socket whose remoteAddress is already gone.
+    if (tracker.passthroughReason !== null) finish();
     lastResult = originalPush.call(socket, piece);
   };
 
   const finish = (): void => {
     const reason = tracker.passthroughReason;
-    if (reason === null) return;
+    if (reason === null || finished) return;
+    finished = true;
     stats.passthrough[reason] = (stats.passthrough[reason] ?? 0) + 1;
     // Nothing is rewritten any more: take the tracker out of the data path.
     socket.push = originalPush;
@@ -228,7 +236,9 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     holdTimer = undefined;
     tracker.stop('hold-timeout', () => undefined);
     finish();
-    if (socket.writable) socket.write(REQUEST_TIMEOUT_RESPONSE);
+    // Like Node's own socketOnError: answer only when no response to an earlier (pipelined) request
+    // has started, otherwise the 408 would land in the middle of that response's body.
+    if (socket.writable && !socket._httpMessage?._headerSent) socket.write(REQUEST_TIMEOUT_RESPONSE);
     socket.destroy();
   };
 

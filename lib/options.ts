@@ -1,0 +1,245 @@
+import { IncomingMessage } from 'node:http';
+import { inspect } from 'node:util';
+import type { StorageAdapter } from './storage/adapter';
+import { FileSystemStorage } from './storage/filesystem';
+
+/** Options of {@link bitsUpload}. Give `storage` or `directory`, not both. */
+export interface BitsUploadOptions {
+  /**
+   * Where sessions and finished uploads are kept. Defaults to a `FileSystemStorage` of `directory`.
+   */
+  readonly storage?: StorageAdapter;
+  /**
+   * Root folder for uploads: shorthand for `storage: new FileSystemStorage({ directory })`.
+   * Defaults to none; required unless `storage` is given.
+   */
+  readonly directory?: string;
+  /**
+   * Largest whole file, in bytes. A larger upload is refused at its first fragment with
+   * `BG_E_TOO_LARGE` (bits-protocol.md §6.2 V4, §15 A10). Defaults to `Number.MAX_SAFE_INTEGER`
+   * (unlimited).
+   */
+  readonly maxUploadSize?: number;
+  /**
+   * Largest fragment body, in bytes. A larger fragment is answered 413 before its body is read and
+   * the client retries with smaller fragments (§6.2 V5, §15 A11). Windows clients send up to 13 MB;
+   * values below 16 MiB cost them extra round trips, and values below 5 KB can stall them.
+   * Defaults to 16 MiB (16 777 216).
+   */
+  readonly maxFragmentSize?: number;
+  /**
+   * Let an upload replace an existing file. When false, Create-Session for an existing file is
+   * refused with 403 (§3.2 step 3, §15 A7), and so is the commit if a file appeared meanwhile.
+   * Defaults to false.
+   */
+  readonly allowOverwrites?: boolean;
+  /**
+   * Idle time in milliseconds after which a session (or the tombstone of an ended one) counts as
+   * unknown (§5.4). Defaults to 14 days (1 209 600 000).
+   */
+  readonly sessionTimeout?: number;
+  /**
+   * Host name or IP address sent as `BITS-Host-Id` on Create-Session, pinning the client to this
+   * server of a farm (§11). Defaults to none (no header).
+   */
+  readonly hostId?: string;
+  /**
+   * Seconds the client keeps trying the `hostId` host before returning to the original one; sent
+   * as `BITS-Host-Id-Fallback-Timeout` whenever `hostId` is set, ignored otherwise (§11).
+   * Defaults to 86 400.
+   */
+  readonly hostIdFallbackTimeout?: number;
+  /**
+   * Whether uploads are accepted. When false every BITS packet, Ping included, is answered 501 with
+   * E_ACCESSDENIED (§3 step 1, §15 A20, TV-17). Defaults to true.
+   */
+  readonly enabled?: boolean;
+}
+
+/** Options after {@link resolveOptions}: every default applied, validated, frozen. */
+export interface ResolvedOptions {
+  readonly storage: StorageAdapter;
+  readonly maxUploadSize: number;
+  readonly maxFragmentSize: number;
+  readonly allowOverwrites: boolean;
+  readonly sessionTimeout: number;
+  readonly hostId: string | undefined;
+  readonly hostIdFallbackTimeout: number;
+  readonly enabled: boolean;
+}
+
+/** Defaults of {@link BitsUploadOptions}. */
+export const DEFAULT_OPTIONS = Object.freeze({
+  maxUploadSize: Number.MAX_SAFE_INTEGER,
+  maxFragmentSize: 16 * 1024 * 1024,
+  allowOverwrites: false,
+  sessionTimeout: 14 * 24 * 60 * 60 * 1000,
+  hostIdFallbackTimeout: 86_400,
+  enabled: true,
+});
+
+/** Every method a storage adapter must have (lib/storage/adapter.ts). */
+export const REQUIRED_STORAGE_METHODS = Object.freeze([
+  'createSession',
+  'getSession',
+  'updateSession',
+  'writeFragment',
+  'inspectDestination',
+  'commit',
+  'endSession',
+  'deleteSession',
+  'listSessions',
+] as const satisfies readonly (keyof StorageAdapter)[]);
+
+const KNOWN_OPTIONS: readonly (keyof BitsUploadOptions)[] = [
+  'storage',
+  'directory',
+  'maxUploadSize',
+  'maxFragmentSize',
+  'allowOverwrites',
+  'sessionTimeout',
+  'hostId',
+  'hostIdFallbackTimeout',
+  'enabled',
+];
+
+/** §11: an RFC 1738 host name, an IPv4 address or an IPv6 address, at most 300 characters. */
+const HOST_ID = /^[A-Za-z0-9._\-:[\]]{1,300}$/;
+const MAX_DWORD = 0xffff_ffff;
+
+/**
+ * Validates and completes the options once, when the middleware is created: a string is the
+ * `directory` shorthand, `undefined` values are dropped, defaults are applied and the result is
+ * frozen. The caller's object is never changed.
+ *
+ * @throws TypeError naming the option, showing the bad value and saying how to fix it; also when
+ * the middleware itself is passed to `app.use` (`app.use(bitsUpload)`), which calls it with
+ * `(req, res, next)`.
+ */
+export function resolveOptions(input: unknown, argumentCount = 1): ResolvedOptions {
+  if (looksLikeRequest(input)) {
+    throw new TypeError(
+      'bitsUpload was called as a middleware with (req, res, next). Call it to create the middleware: ' +
+        "app.use('/uploads', bitsUpload('./uploads')), not app.use(bitsUpload).",
+    );
+  }
+  if (argumentCount > 1) {
+    throw new TypeError(`bitsUpload takes one argument (a directory or an options object), got ${argumentCount}.`);
+  }
+  const raw = typeof input === 'string' ? { directory: input } : input;
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new TypeError(
+      `bitsUpload expects a directory path or an options object, got ${show(input)}. ` +
+        "Example: bitsUpload('./uploads') or bitsUpload({ storage: new MemoryStorage() }).",
+    );
+  }
+  const given = Object.fromEntries(
+    Object.entries(raw).filter(([, value]) => value !== undefined),
+  ) as Partial<Record<string, unknown>>;
+  for (const key of Object.keys(given)) {
+    if (!(KNOWN_OPTIONS as readonly string[]).includes(key)) {
+      throw new TypeError(`bitsUpload: unknown option "${key}". Known options: ${KNOWN_OPTIONS.join(', ')}.`);
+    }
+  }
+  return Object.freeze({
+    storage: resolveStorage(given.storage, given.directory),
+    maxUploadSize: integerOption('maxUploadSize', given.maxUploadSize, 0, Number.MAX_SAFE_INTEGER, 'bytes'),
+    maxFragmentSize: integerOption('maxFragmentSize', given.maxFragmentSize, 1, Number.MAX_SAFE_INTEGER, 'bytes'),
+    allowOverwrites: booleanOption('allowOverwrites', given.allowOverwrites),
+    sessionTimeout: integerOption('sessionTimeout', given.sessionTimeout, 1, Number.MAX_SAFE_INTEGER, 'milliseconds'),
+    hostId: optionalHostId(given.hostId),
+    hostIdFallbackTimeout: integerOption('hostIdFallbackTimeout', given.hostIdFallbackTimeout, 0, MAX_DWORD, 'seconds'),
+    enabled: booleanOption('enabled', given.enabled),
+  });
+}
+
+/** Names of the required storage methods `storage` lacks. */
+export function missingStorageMethods(storage: object): string[] {
+  return REQUIRED_STORAGE_METHODS.filter(
+    (method) => typeof (storage as Partial<Record<string, unknown>>)[method] !== 'function',
+  );
+}
+
+function resolveStorage(storage: unknown, directory: unknown): StorageAdapter {
+  if (storage !== undefined && directory !== undefined) {
+    throw new TypeError(
+      'bitsUpload: give either option "storage" or option "directory", not both. ' +
+        '"directory" is shorthand for storage: new FileSystemStorage({ directory }).',
+    );
+  }
+  if (storage === undefined) {
+    if (typeof directory !== 'string' || directory.trim() === '') {
+      throw new TypeError(
+        `bitsUpload: option "directory" must be a non-empty path, got ${show(directory)}. ` +
+          "Example: bitsUpload('./uploads'), or pass a storage adapter as option \"storage\".",
+      );
+    }
+    return new FileSystemStorage({ directory });
+  }
+  if (typeof storage !== 'object' || storage === null) {
+    throw new TypeError(
+      `bitsUpload: option "storage" must be a storage adapter object, got ${show(storage)}. ` +
+        'Use new FileSystemStorage({ directory }) or new MemoryStorage().',
+    );
+  }
+  const missing = missingStorageMethods(storage);
+  if (missing.length > 0) {
+    throw new TypeError(
+      `bitsUpload: option "storage" lacks the required method${missing.length > 1 ? 's' : ''} ` +
+        `${missing.join(', ')}. A storage adapter implements every method of StorageAdapter.`,
+    );
+  }
+  return storage as StorageAdapter;
+}
+
+type IntegerOption = 'maxUploadSize' | 'maxFragmentSize' | 'sessionTimeout' | 'hostIdFallbackTimeout';
+
+function integerOption(
+  name: IntegerOption,
+  value: unknown,
+  min: number,
+  max: number,
+  unit: string,
+): number {
+  if (value === undefined) return DEFAULT_OPTIONS[name];
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new TypeError(
+      `bitsUpload: option "${name}" must be an integer from ${min} to ${max} (${unit}), got ${show(value)}. ` +
+        `Omit it for the default of ${DEFAULT_OPTIONS[name]}.`,
+    );
+  }
+  return value;
+}
+
+function booleanOption(name: 'allowOverwrites' | 'enabled', value: unknown): boolean {
+  if (value === undefined) return DEFAULT_OPTIONS[name];
+  if (typeof value !== 'boolean') {
+    throw new TypeError(
+      `bitsUpload: option "${name}" must be true or false, got ${show(value)}. ` +
+        `Omit it for the default of ${DEFAULT_OPTIONS[name]}.`,
+    );
+  }
+  return value;
+}
+
+function optionalHostId(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !HOST_ID.test(value)) {
+    throw new TypeError(
+      `bitsUpload: option "hostId" must be a host name or IP address of at most 300 characters, got ${show(value)}. ` +
+        "Example: hostId: 'node7.example.com'; omit it to send no BITS-Host-Id.",
+    );
+  }
+  return value;
+}
+
+function looksLikeRequest(value: unknown): boolean {
+  if (value instanceof IncomingMessage) return true;
+  if (typeof value !== 'object' || value === null) return false;
+  const candidate = value as { method?: unknown; headers?: unknown };
+  return typeof candidate.method === 'string' && typeof candidate.headers === 'object';
+}
+
+function show(value: unknown): string {
+  return inspect(value, { depth: 0, breakLength: Infinity });
+}

@@ -1,0 +1,66 @@
+import createDebug from 'debug';
+import { sessionIdMissing, sessionNotFound } from '../errors';
+import { ack, type Ack } from '../protocol/ack';
+import { HEADER } from '../protocol/constants';
+import { parseDestination } from '../protocol/destination';
+import { sessionKey } from '../protocol/session-id';
+import type { SessionRecord } from '../storage/adapter';
+import type { PacketContext } from './context';
+
+const debug = createDebug('bits-upload');
+
+/** A session found for a packet, and the id to echo in its Ack. */
+export interface FoundSession {
+  readonly record: SessionRecord;
+  /** `BITS-Session-Id: <the request's value>` (§4, §15 A6). */
+  readonly sessionHeader: Readonly<Record<string, string>>;
+}
+
+/**
+ * Looks up the session of a Fragment, Close-Session or Cancel-Session (bits-protocol.md §3 step 4).
+ * Missing id → 400. The session counts as unknown (500 + BG_E_SESSION_NOT_FOUND) when the id was
+ * never issued, its record is older than `sessionTimeout` (§5.4; such records are deleted), or it
+ * was created on another URL path (§5.6, §15 A18). Tombstones of ended sessions (§5.4) are returned
+ * only when `acceptEnded` is true.
+ */
+export async function findSession(ctx: PacketContext, acceptEnded: boolean): Promise<FoundSession> {
+  const { request, options, now } = ctx;
+  const { urlPath } = parseDestination(request.url);
+  const echoed = request.sessionId;
+  if (echoed === undefined) throw sessionIdMissing();
+  const id = sessionKey(echoed);
+  const record = id === undefined ? undefined : await options.storage.getSession(id);
+  if (record === undefined) throw sessionNotFound(echoed);
+  if (now - record.updatedAt > options.sessionTimeout) {
+    debug('session %s expired (idle since %s)', record.id, new Date(record.updatedAt).toISOString());
+    await options.storage.deleteSession(record.id);
+    throw sessionNotFound(echoed);
+  }
+  if (record.urlPath !== urlPath) {
+    debug('session %s belongs to %s, not %s', record.id, record.urlPath, urlPath);
+    throw sessionNotFound(echoed);
+  }
+  const ended = record.state === 'closed' || record.state === 'cancelled';
+  if (ended && !acceptEnded) throw sessionNotFound(echoed);
+  return { record, sessionHeader: { [HEADER.sessionId]: echoed } };
+}
+
+/**
+ * Ends a session as `closed` or `cancelled` (§3.4, §3.5): the adapter deletes the temporary data,
+ * never a committed destination, and keeps a tombstone. A session already ended is left as it is
+ * and answered 200 again, so Close and Cancel are idempotent (§5.4, §15 A9).
+ */
+export async function endSession(
+  ctx: PacketContext,
+  state: 'closed' | 'cancelled',
+  log: (format: string, ...args: unknown[]) => void,
+): Promise<Ack> {
+  const { record, sessionHeader } = await findSession(ctx, true);
+  if (record.state === 'closed' || record.state === 'cancelled') {
+    log('session %s already %s', record.id, record.state);
+  } else {
+    await ctx.options.storage.endSession(record.id, state, ctx.now);
+    log('session %s %s (was %s)', record.id, state, record.state);
+  }
+  return ack(sessionHeader);
+}
