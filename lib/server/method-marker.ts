@@ -35,23 +35,28 @@ export function isBitsPost(req: IncomingMessage): boolean {
 
 /** Marks `req` as a verified `BITS_POST` and removes the named headers from every view of it. */
 export function markBitsPost(req: IncomingMessage, removeHeaders: readonly string[]): void {
+  removeRequestHeaders(req, removeHeaders);
+  req.method = 'BITS_POST';
+  verifiedRequests.add(req);
+}
+
+/** Removes headers (lower-case names) from `req.headers`, `req.headersDistinct` and `req.rawHeaders`. */
+export function removeRequestHeaders(req: IncomingMessage, names: readonly string[]): void {
   // Build the lazy header views now: they are computed from rawHeaders with a count taken at parse time.
   const headers = req.headers;
   const distinct = req.headersDistinct;
-  for (const name of removeHeaders) {
+  for (const name of names) {
     delete headers[name];
     delete distinct[name];
   }
   const raw = req.rawHeaders;
   let kept = 0;
   for (let i = 0; i < raw.length; i += 2) {
-    if (removeHeaders.includes((raw[i] as string).toLowerCase())) continue;
+    if (names.includes((raw[i] as string).toLowerCase())) continue;
     raw[kept++] = raw[i] as string;
     raw[kept++] = raw[i + 1] as string;
   }
   raw.length = kept;
-  req.method = 'BITS_POST';
-  verifiedRequests.add(req);
 }
 
 /** Outcome of looking for the shim's marker on a request. */

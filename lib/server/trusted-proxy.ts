@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { constantTimeEqual, markBitsPost } from './method-marker';
+import { constantTimeEqual, markBitsPost, removeRequestHeaders } from './method-marker';
 
 /**
  * A reverse proxy that forwards `BITS_POST` as `POST` and names the original verb in a header it
@@ -50,15 +50,20 @@ export function createTrustedProxy(options: TrustedProxyOptions): TrustedProxy {
   const remove = [header, secretHeader];
   return {
     check(req) {
-      if (req.method !== 'POST') return 'none';
       const announced = req.headers[header];
-      if (announced === undefined) return 'none';
-      const address = normaliseAddress(req.socket.remoteAddress ?? '');
       const presented = req.headers[secretHeader];
-      const secretOk = secret === undefined || (typeof presented === 'string' && constantTimeEqual(presented, secret));
-      if (announced !== 'BITS_POST' || !allowed(address) || !secretOk) return 'rejected';
-      markBitsPost(req, remove);
-      return 'accepted';
+      if (announced === undefined && presented === undefined) return 'none';
+      let verdict: ProxyCheck = 'none';
+      if (req.method === 'POST' && announced === 'BITS_POST') {
+        const address = normaliseAddress(req.socket.remoteAddress ?? '');
+        const secretOk =
+          secret === undefined || (typeof presented === 'string' && constantTimeEqual(presented, secret));
+        verdict = allowed(address) && secretOk ? 'accepted' : 'rejected';
+      }
+      // The secret must never reach the application (request loggers), whatever the method.
+      if (verdict === 'accepted') markBitsPost(req, remove);
+      else removeRequestHeaders(req, remove);
+      return verdict;
     },
   };
 }
