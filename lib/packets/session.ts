@@ -19,7 +19,8 @@ export interface FoundSession {
 /**
  * Looks up the session of a Fragment, Close-Session or Cancel-Session (bits-protocol.md §3 step 4).
  * Missing id → 400. The session counts as unknown (500 + BG_E_SESSION_NOT_FOUND) when the id was
- * never issued, its record is older than `sessionTimeout` (§5.4; such records are deleted), or it
+ * never issued, its record is older than `sessionTimeout` (§5.4; such records are deleted; a Close or
+ * Cancel of a completed upload is still accepted), or it
  * was created on another URL path (§5.6, §15 A18). Tombstones of ended sessions (§5.4) are returned
  * only when `acceptEnded` is true.
  */
@@ -31,7 +32,10 @@ export async function findSession(ctx: PacketContext, acceptEnded: boolean): Pro
   const id = sessionKey(echoed);
   const record = id === undefined ? undefined : await options.storage.getSession(id);
   if (record === undefined) throw sessionNotFound(echoed);
-  if (now - record.updatedAt > options.sessionTimeout) {
+  // A delivered upload stays delivered: its late Close or Cancel is still answered 200, or the
+  // client would restart an upload whose file already exists (§5.4, §15 A9).
+  const deliveredAndEnding = acceptEnded && record.state === 'complete';
+  if (now - record.updatedAt > options.sessionTimeout && !deliveredAndEnding) {
     debug('session %s expired (idle since %s)', record.id, new Date(record.updatedAt).toISOString());
     await options.storage.deleteSession(record.id);
     throw sessionNotFound(echoed);

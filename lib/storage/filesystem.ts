@@ -388,6 +388,8 @@ export class FileSystemStorage implements StorageAdapter {
     if (real === undefined) return refuse('a link on the way leads nowhere');
     if (!isInside(realRoot, real) && real !== realRoot) refuse('a link leads outside the storage root');
     if (real === realSessions || isInside(realSessions, real)) refuse('a link leads into the session folder');
+    // A file on the way (`report.txt/child.bin`) would only fail at commit, after the whole upload.
+    if (!(await fs.stat(real)).isDirectory()) refuse('a folder on the way is a file');
     return target;
   }
 
@@ -573,14 +575,20 @@ async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
 /** Real path of `dir` or of its deepest existing ancestor; undefined when a link there leads nowhere. */
 async function realpathOfDeepestExisting(dir: string, stop: string): Promise<string | undefined> {
   let current = dir;
+  // Another session's commit may create a folder between realpath and lstat: retry that a few times.
+  let retries = 3;
   for (;;) {
     try {
       return await fs.realpath(current);
     } catch (error) {
       if (isErrno(error, 'ELOOP')) return undefined;
       if (!isErrno(error, 'ENOENT', 'ENOTDIR') || current === stop) throw error;
-      // A dangling link would let mkdir or rename create its target wherever it points.
-      if ((await lstatOrUndefined(current)) !== undefined) return undefined;
+      const entry = await lstatOrUndefined(current);
+      if (entry !== undefined) {
+        // A dangling link would let mkdir or rename create its target wherever it points.
+        if (entry.isSymbolicLink() || retries-- === 0) return undefined;
+        continue;
+      }
       const parent = path.dirname(current);
       if (parent === current) throw error;
       current = parent;
