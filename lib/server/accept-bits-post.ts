@@ -123,7 +123,7 @@ export function acceptBitsPost<S extends AnyServer>(server: S, options: AcceptBi
   };
   servers.set(server, state);
   hookRequestEvents(server, state);
-  if (options.shim !== false && !NATIVE_BITS_POST) {
+  if (options.shim !== false && !NATIVE_BITS_POST && !usesLenientParser(server)) {
     // HTTPS hands Node's HTTP parser the decrypted socket on 'secureConnection'.
     const event = secure ? 'secureConnection' : 'connection';
     server.prependListener(event, (socket: Socket) => onConnection(server, socket, state));
@@ -131,6 +131,23 @@ export function acceptBitsPost<S extends AnyServer>(server: S, options: AcceptBi
   debug('BITS_POST accepted on a %s server (shim %s)', secure ? 'https' : 'http',
     options.shim === false || NATIVE_BITS_POST ? 'off' : options.connections ?? 'all');
   return server;
+}
+
+/**
+ * A lenient parser (`insecureHTTPParser`, `--insecure-http-parser`) reads framing the strict
+ * tracker cannot predict, e.g. folds a continuation line into the marker header: never shim it.
+ */
+function usesLenientParser(server: AnyServer): boolean {
+  const option = (server as { insecureHTTPParser?: boolean }).insecureHTTPParser;
+  const flag = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].includes('--insecure-http-parser');
+  if (option !== true && !(option === undefined && flag)) return false;
+  process.emitWarning(
+    'acceptBitsPost: this server uses the lenient HTTP parser (insecureHTTPParser), whose request framing ' +
+      'cannot be followed safely, so BITS_POST is not rewritten on it. Use the strict parser, or a reverse ' +
+      'proxy with the trustedProxy option.',
+    { code: 'BITS_UPLOAD_LENIENT_PARSER' },
+  );
+  return true;
 }
 
 /** The counters of a server passed to {@link acceptBitsPost}, or undefined for any other server. */

@@ -357,7 +357,10 @@ export class FramingTracker {
       return;
     }
     const colon = content.indexOf(COLON);
-    if (colon <= 0) {
+    if (colon <= 0 || hasWhitespace(content, colon)) {
+      // Whitespace before the colon: strict llhttp refuses the line, but a lenient one
+      // (insecureHTTPParser) reads `Content-Length : 5` as a Content-Length, which this tracker
+      // would not, and a BITS_POST rewritten inside that body would smuggle a request. Stop.
       this.bail('invalid-header-line');
       return;
     }
@@ -456,7 +459,8 @@ export class FramingTracker {
       return;
     }
     const colon = content.indexOf(COLON);
-    if (colon <= 0) {
+    if (colon <= 0 || hasWhitespace(content, colon)) {
+      // As in onHeaderLine: a field name with whitespace is refused or misread; stop.
       this.bail('invalid-header-line');
       return;
     }
@@ -479,7 +483,7 @@ export class FramingTracker {
   }
 }
 
-/** `BITS_POST SP request-target SP HTTP/1.x CRLF`, target without spaces or control characters. */
+/** `BITS_POST SP request-target SP HTTP/1.x CRLF`, target of visible ASCII only. */
 function isValidBitsRequestLine(line: Buffer): boolean {
   const length = line.length;
   if (length < BITS_PREFIX.length + 12 || line[length - 1] !== LF || line[length - 2] !== CR) return false;
@@ -489,7 +493,8 @@ function isValidBitsRequestLine(line: Buffer): boolean {
   if (targetEnd <= BITS_PREFIX.length) return false;
   for (let i = BITS_PREFIX.length; i < targetEnd; i++) {
     const c = content[i] as number;
-    if (c <= SP || c === 0x7f) return false;
+    // Node refuses bytes >= 0x7f in a URL; its error would carry the marker line (err.rawPacket).
+    if (c <= SP || c >= 0x7f) return false;
   }
   return true;
 }
@@ -498,6 +503,15 @@ function endsWithVersion(content: Buffer): boolean {
   const at = content.length - HTTP_11.length;
   if (at <= 0) return false;
   return content.subarray(at).equals(HTTP_11) || content.subarray(at).equals(HTTP_10);
+}
+
+/** True when `content[0..end)` (a field name) contains a space or a tab. */
+function hasWhitespace(content: Buffer, end: number): boolean {
+  for (let i = 0; i < end; i++) {
+    const c = content[i] as number;
+    if (c === SP || c === HTAB) return true;
+  }
+  return false;
 }
 
 /** Case-insensitive comparison of `content[from..]` with a lower-case ASCII name. */

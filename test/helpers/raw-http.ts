@@ -41,6 +41,8 @@ export interface RawResult {
   readonly elapsedMs: number;
   /** Error code of the client socket, if any (ECONNRESET, EPIPE...). */
   readonly error: string | undefined;
+  /** The client's port: `req.socket.remotePort` on the server. */
+  readonly localPort: number;
 }
 
 /** Options of {@link sendRaw}. */
@@ -321,6 +323,8 @@ export class RawConnection {
   private receivedLength = 0;
   private waiters: Array<() => void> = [];
   private readonly started = Date.now();
+  /** The client's port: `req.socket.remotePort` on the server. */
+  readonly localPort: number;
   /** True once the server ended or closed the connection. */
   serverClosed = false;
   /** True once the socket is fully closed. */
@@ -329,6 +333,7 @@ export class RawConnection {
   error: string | undefined;
 
   private constructor(readonly socket: net.Socket) {
+    this.localPort = socket.localPort ?? 0;
     socket.setNoDelay(true);
     socket.on('data', (data: Buffer) => {
       this.received.push(data);
@@ -439,6 +444,7 @@ export class RawConnection {
       raw: this.raw,
       elapsedMs: this.elapsedMs,
       error: this.error,
+      localPort: this.localPort,
     };
   }
 
@@ -500,6 +506,18 @@ function safeParse(connection: RawConnection): ParsedResponse[] {
   } catch {
     return [];
   }
+}
+
+/** A small deterministic PRNG (mulberry32) returning numbers in [0, 1), so that failures reproduce. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 /** `input` cut into one-byte pieces, for {@link sendRaw} to write one at a time. */
