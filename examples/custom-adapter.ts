@@ -12,6 +12,7 @@ import {
   type Destination,
   type DestinationKind,
   type NewSession,
+  type RecoveryReport,
   type SessionChanges,
   type SessionRecord,
   type StorageAdapter,
@@ -63,6 +64,14 @@ class AuditedStorage implements StorageAdapter {
 
   listSessions(): AsyncIterable<SessionRecord> {
     return this.files.listSessions();
+  }
+
+  readData(id: string, start: number): Promise<Readable> {
+    return this.files.readData(id, start);
+  }
+
+  recover(): Promise<RecoveryReport> {
+    return this.files.recover();
   }
 }
 

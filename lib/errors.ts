@@ -27,6 +27,10 @@ export type BitsErrorCode =
   | 'BITS_FRAGMENT_TOO_LARGE'
   | 'BITS_BODY_CONSUMED'
   | 'BITS_DISK_FULL'
+  | 'BITS_TOO_MANY_SESSIONS'
+  | 'BITS_SHUTTING_DOWN'
+  | 'BITS_REFUSED'
+  | 'BITS_APPLICATION_ERROR'
   | 'BITS_INTERNAL';
 
 /** How one error code appears on the wire. */
@@ -36,7 +40,12 @@ export interface WireError {
   readonly hresult: number | undefined;
 }
 
-/** The one table mapping error codes to the wire (§8.5, §15 A7, A10, A11, A12, A17, A20). */
+/**
+ * The one table mapping error codes to the wire (§8.5, §15 A7, A10, A11, A12, A17, A20). Two codes
+ * carry the application's own status and HRESULT instead of the ones listed (see
+ * {@link BitsErrorOptions.wire}): `BITS_REFUSED` (an `onCreateSession` refusal) and
+ * `BITS_APPLICATION_ERROR` (a hook that threw, context 0x7, §8.4).
+ */
 export const BITS_ERRORS: Readonly<Record<BitsErrorCode, WireError>> = Object.freeze({
   BITS_UPLOADS_DISABLED: { status: 501, hresult: HRESULT.E_ACCESSDENIED },
   BITS_BAD_REQUEST: { status: 400, hresult: HRESULT.E_INVALIDARG },
@@ -54,6 +63,10 @@ export const BITS_ERRORS: Readonly<Record<BitsErrorCode, WireError>> = Object.fr
   BITS_FRAGMENT_TOO_LARGE: { status: 413, hresult: undefined },
   BITS_BODY_CONSUMED: { status: 500, hresult: HRESULT.E_FAIL },
   BITS_DISK_FULL: { status: 500, hresult: HRESULT.ERROR_DISK_FULL },
+  BITS_TOO_MANY_SESSIONS: { status: 503, hresult: HRESULT.ERROR_TOO_MANY_SESS },
+  BITS_SHUTTING_DOWN: { status: 503, hresult: HRESULT.E_FAIL },
+  BITS_REFUSED: { status: 403, hresult: HRESULT.E_ACCESSDENIED },
+  BITS_APPLICATION_ERROR: { status: 500, hresult: HRESULT.E_FAIL },
   BITS_INTERNAL: { status: 500, hresult: HRESULT.E_FAIL },
 });
 
@@ -65,6 +78,11 @@ export interface BitsErrorOptions {
   readonly context?: ErrorContext;
   /** The underlying error, if any. Defaults to none. */
   readonly cause?: unknown;
+  /**
+   * Status and HRESULT that replace the code's entry in {@link BITS_ERRORS}; only for the codes the
+   * application decides (`BITS_REFUSED`, `BITS_APPLICATION_ERROR`). Defaults to the table's entry.
+   */
+  readonly wire?: WireError;
 }
 
 /**
@@ -83,8 +101,9 @@ export class BitsError extends Error {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'BitsError';
     this.code = code;
-    this.status = BITS_ERRORS[code].status;
-    this.hresult = BITS_ERRORS[code].hresult;
+    const wire = options.wire ?? BITS_ERRORS[code];
+    this.status = wire.status;
+    this.hresult = wire.hresult;
     this.context = options.context ?? ERROR_CONTEXT.server;
     this.headers = Object.freeze({ ...options.headers });
     this.expose = this.status < 500;
@@ -190,9 +209,94 @@ export function diskFull(cause: unknown): BitsError {
   return new BitsError('BITS_DISK_FULL', 'Out of storage space', { cause });
 }
 
+/**
+ * §5.4, §5.7: `maxSessions` or `maxSessionsPerPrincipal` is reached. 503 is transient for the client
+ * (§9.2): it retries the Create-Session later.
+ */
+export function tooManySessions(reason: string): BitsError {
+  return new BitsError('BITS_TOO_MANY_SESSIONS', reason);
+}
+
+/**
+ * `close()` was called: no new sessions (§9.2: 503 is transient, the client comes back later), and
+ * once it finished, no packets at all.
+ */
+export function shuttingDown(): BitsError {
+  return new BitsError('BITS_SHUTTING_DOWN', 'The BITS upload endpoint is shutting down');
+}
+
+/** What a hook may return or throw to choose the error Ack; see {@link refused}, {@link applicationError}. */
+interface ApplicationVerdict {
+  readonly status?: unknown;
+  readonly errorCode?: unknown;
+}
+
+/**
+ * `onCreateSession` refused the session (§12: authorisation is decided by the application). The
+ * status is the refusal's; the HRESULT its `errorCode`, else E_ACCESSDENIED for 401/403 and E_FAIL
+ * otherwise. Context 0x5: the refusal is a decision of the BITS server (§8.4).
+ *
+ * @throws BitsError `BITS_APPLICATION_ERROR` when the refusal is not one (not an object, a status
+ * outside 400-599, an errorCode that is not a 32-bit integer).
+ */
+export function refused(refusal: unknown): BitsError {
+  const { status, errorCode }: ApplicationVerdict = typeof refusal === 'object' && refusal !== null ? refusal : {};
+  if (!isErrorStatus(status) || !(errorCode === undefined || isHresult(errorCode))) {
+    throw applicationError(
+      new TypeError(
+        `onCreateSession returned an invalid refusal (status ${String(status)}, errorCode ${String(errorCode)}); ` +
+          'a refusal has a status from 400 to 599 and an optional HRESULT errorCode',
+      ),
+    );
+  }
+  const fallback = status === 401 || status === 403 ? HRESULT.E_ACCESSDENIED : HRESULT.E_FAIL;
+  return new BitsError('BITS_REFUSED', `onCreateSession refused the session with status ${status}`, {
+    wire: { status, hresult: errorCode ?? fallback },
+  });
+}
+
+/**
+ * A hook threw (§8.4: an error of the server application, context 0x7; §10.4: the client retries
+ * per §9.2). Status from the error's `status` property when it is 400-599, else 500; HRESULT from
+ * its numeric `errorCode`, else E_FAIL.
+ */
+export function applicationError(cause: unknown): BitsError {
+  if (cause instanceof BitsError && cause.code === 'BITS_APPLICATION_ERROR') return cause;
+  const verdict: ApplicationVerdict = typeof cause === 'object' && cause !== null ? cause : {};
+  const status = isErrorStatus(verdict.status) ? verdict.status : 500;
+  const hresult = isHresult(verdict.errorCode) ? verdict.errorCode : HRESULT.E_FAIL;
+  return new BitsError('BITS_APPLICATION_ERROR', 'The application failed', {
+    cause,
+    context: ERROR_CONTEXT.remoteApplication,
+    wire: { status, hresult },
+  });
+}
+
+function isErrorStatus(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 400 && value <= 599;
+}
+
+/** An HRESULT as a number: any 32-bit value, signed (-2147467259) or unsigned (0x80004005). */
+function isHresult(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= -0x8000_0000 && value <= 0xffff_ffff;
+}
+
 /** A server fault: answered with E_FAIL. */
 export function internalError(cause: unknown): BitsError {
   return new BitsError('BITS_INTERNAL', 'Internal server error', { cause });
+}
+
+/** Codes that mean this server or its application failed, reported as `upload-failed` (§8.5). */
+const FAULT_CODES: ReadonlySet<BitsErrorCode> = new Set<BitsErrorCode>([
+  'BITS_DISK_FULL',
+  'BITS_APPLICATION_ERROR',
+  'BITS_BODY_CONSUMED',
+  'BITS_INTERNAL',
+]);
+
+/** True for a fault of the server, its storage or the application, as opposed to a client's mistake or a policy. */
+export function isServerFault(error: BitsError): boolean {
+  return FAULT_CODES.has(error.code);
 }
 
 const DISK_FULL_CODES = new Set(['ENOSPC', 'EDQUOT']);

@@ -1,8 +1,18 @@
 export { bitsUpload, bitsUpload as default } from './middleware';
-export type { BitsUploadMiddleware } from './middleware';
+export type { BitsUploadMiddleware, CloseOptions } from './middleware';
 export type { BitsUploadOptions } from './options';
+export type {
+  BitsUploadEvents,
+  BitsUploadHooks,
+  CompletedUpload,
+  FailureInfo,
+  ProgressInfo,
+  Refusal,
+  SessionInfo,
+  SessionRequest,
+} from './events';
 export { BitsError } from './errors';
-export type { BitsErrorCode, BitsErrorOptions } from './errors';
+export type { BitsErrorCode, BitsErrorOptions, WireError } from './errors';
 export { BITS_PROTOCOL_GUID, HRESULT } from './protocol/constants';
 export type { PacketType } from './protocol/constants';
 export * from './storage';

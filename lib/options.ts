@@ -1,10 +1,15 @@
 import { IncomingMessage } from 'node:http';
 import { inspect } from 'node:util';
+import type { BitsUploadHooks } from './events';
+import { defaultPrincipal } from './protocol/principal';
 import type { StorageAdapter } from './storage/adapter';
 import { FileSystemStorage } from './storage/filesystem';
 
-/** Options of {@link bitsUpload}. Give `storage` or `directory`, not both. */
-export interface BitsUploadOptions {
+/**
+ * Options of {@link bitsUpload}. Give `storage` or `directory`, not both. The application hooks
+ * (`onCreateSession`, `destination`, `onUploadComplete`) are described in {@link BitsUploadHooks}.
+ */
+export interface BitsUploadOptions extends BitsUploadHooks {
   /**
    * Where sessions and finished uploads are kept. Defaults to a `FileSystemStorage` of `directory`.
    */
@@ -34,10 +39,50 @@ export interface BitsUploadOptions {
    */
   readonly allowOverwrites?: boolean;
   /**
-   * Idle time in milliseconds after which a session (or the tombstone of an ended one) counts as
-   * unknown (§5.4). Defaults to 14 days (1 209 600 000).
+   * Idle time in milliseconds after which an open session expires (§5.4, IIS `BITSSessionTimeout`);
+   * every stored byte resets it. An expired upload in progress is deleted with its data and its id
+   * becomes unknown; an expired complete upload (its file is at the destination, never touched)
+   * becomes a tombstone, so that a late Close is still answered 200 (§15 A9).
+   * Defaults to 14 days (1 209 600 000).
    */
   readonly sessionTimeout?: number;
+  /**
+   * How long, in milliseconds, the tombstone of a closed, cancelled or expired session is kept so
+   * that a repeated Close or Cancel is answered 200 rather than BG_E_SESSION_NOT_FOUND (§5.4 [REC],
+   * §15 A9). Defaults to 24 hours (86 400 000).
+   */
+  readonly tombstoneTimeout?: number;
+  /**
+   * Period in milliseconds of the built-in sweeper that removes expired sessions and tombstones
+   * (§5.4; IIS cleans up every 12 hours). Its timer does not keep the process alive. `false` turns
+   * it off; call `middleware.cleanupExpired()` yourself then. Expired sessions are refused on use
+   * either way. Defaults to 1 hour (3 600 000).
+   */
+  readonly cleanupInterval?: number | false;
+  /**
+   * Most open sessions (not closed, cancelled or expired) at once. A Create-Session beyond it is
+   * answered 503 + ERROR_TOO_MANY_SESS (0x80070045), which the client retries later (§5.4, §9.2).
+   * Counted by this middleware in this process (from the storage's records at the first
+   * Create-Session, then kept up to date): processes sharing one storage each count their own.
+   * Defaults to 10 000.
+   */
+  readonly maxSessions?: number;
+  /**
+   * Most open sessions one principal (see `principal`) may have at once, like IIS's
+   * `BITSNumberOfSessionsLimit` (§5.4, §13); answered like `maxSessions`. Requests without a
+   * principal are only subject to `maxSessions`. Counted per process like `maxSessions`.
+   * Defaults to 50.
+   */
+  readonly maxSessionsPerPrincipal?: number;
+  /**
+   * Who sends a request. A session is bound to the principal that created it: a packet for it from
+   * another principal is answered as for an unknown session (§5.6, §15 A18); the per-principal limit
+   * counts by it. Behind a reverse proxy every client has the proxy's address, so give a function
+   * that reads the authenticated user (or a client address header your proxy sets).
+   * Defaults to `req.user` when it is a string, its `id`, `username` or `name` when it is an object,
+   * else `req.socket.remoteAddress`.
+   */
+  readonly principal?: (req: IncomingMessage) => string | undefined;
   /**
    * Host name or IP address sent as `BITS-Host-Id` on Create-Session, pinning the client to this
    * server of a farm (§11). Defaults to none (no header).
@@ -57,12 +102,17 @@ export interface BitsUploadOptions {
 }
 
 /** Options after {@link resolveOptions}: every default applied, validated, frozen. */
-export interface ResolvedOptions {
+export interface ResolvedOptions extends BitsUploadHooks {
   readonly storage: StorageAdapter;
   readonly maxUploadSize: number;
   readonly maxFragmentSize: number;
   readonly allowOverwrites: boolean;
   readonly sessionTimeout: number;
+  readonly tombstoneTimeout: number;
+  readonly cleanupInterval: number | false;
+  readonly maxSessions: number;
+  readonly maxSessionsPerPrincipal: number;
+  readonly principal: (req: IncomingMessage) => string | undefined;
   readonly hostId: string | undefined;
   readonly hostIdFallbackTimeout: number;
   readonly enabled: boolean;
@@ -74,6 +124,10 @@ export const DEFAULT_OPTIONS = Object.freeze({
   maxFragmentSize: 16 * 1024 * 1024,
   allowOverwrites: false,
   sessionTimeout: 14 * 24 * 60 * 60 * 1000,
+  tombstoneTimeout: 24 * 60 * 60 * 1000,
+  cleanupInterval: 60 * 60 * 1000,
+  maxSessions: 10_000,
+  maxSessionsPerPrincipal: 50,
   hostIdFallbackTimeout: 86_400,
   enabled: true,
 });
@@ -89,6 +143,7 @@ export const REQUIRED_STORAGE_METHODS = Object.freeze([
   'endSession',
   'deleteSession',
   'listSessions',
+  'readData',
 ] as const satisfies readonly (keyof StorageAdapter)[]);
 
 const KNOWN_OPTIONS: readonly (keyof BitsUploadOptions)[] = [
@@ -98,14 +153,24 @@ const KNOWN_OPTIONS: readonly (keyof BitsUploadOptions)[] = [
   'maxFragmentSize',
   'allowOverwrites',
   'sessionTimeout',
+  'tombstoneTimeout',
+  'cleanupInterval',
+  'maxSessions',
+  'maxSessionsPerPrincipal',
+  'principal',
   'hostId',
   'hostIdFallbackTimeout',
   'enabled',
+  'onCreateSession',
+  'destination',
+  'onUploadComplete',
 ];
 
 /** §11: an RFC 1738 host name, an IPv4 address or an IPv6 address, at most 300 characters. */
 const HOST_ID = /^[A-Za-z0-9._\-:[\]]{1,300}$/;
 const MAX_DWORD = 0xffff_ffff;
+/** Longest delay `setInterval` honours (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER_DELAY = 0x7fff_ffff;
 
 /**
  * Validates and completes the options once, when the middleware is created: a string is the
@@ -147,9 +212,26 @@ export function resolveOptions(input: unknown, argumentCount = 1): ResolvedOptio
     maxFragmentSize: integerOption('maxFragmentSize', given.maxFragmentSize, 1, Number.MAX_SAFE_INTEGER, 'bytes'),
     allowOverwrites: booleanOption('allowOverwrites', given.allowOverwrites),
     sessionTimeout: integerOption('sessionTimeout', given.sessionTimeout, 1, Number.MAX_SAFE_INTEGER, 'milliseconds'),
+    tombstoneTimeout: integerOption('tombstoneTimeout', given.tombstoneTimeout, 1, Number.MAX_SAFE_INTEGER, 'milliseconds'),
+    cleanupInterval:
+      given.cleanupInterval === false
+        ? false
+        : integerOption('cleanupInterval', given.cleanupInterval, 1, MAX_TIMER_DELAY, 'milliseconds, or false'),
+    maxSessions: integerOption('maxSessions', given.maxSessions, 1, Number.MAX_SAFE_INTEGER, 'sessions'),
+    maxSessionsPerPrincipal: integerOption(
+      'maxSessionsPerPrincipal',
+      given.maxSessionsPerPrincipal,
+      1,
+      Number.MAX_SAFE_INTEGER,
+      'sessions',
+    ),
+    principal: functionOption('principal', given.principal) ?? defaultPrincipal,
     hostId: optionalHostId(given.hostId),
     hostIdFallbackTimeout: integerOption('hostIdFallbackTimeout', given.hostIdFallbackTimeout, 0, MAX_DWORD, 'seconds'),
     enabled: booleanOption('enabled', given.enabled),
+    onCreateSession: functionOption('onCreateSession', given.onCreateSession),
+    destination: functionOption('destination', given.destination),
+    onUploadComplete: functionOption('onUploadComplete', given.onUploadComplete),
   });
 }
 
@@ -189,10 +271,25 @@ function resolveStorage(storage: unknown, directory: unknown): StorageAdapter {
         `${missing.join(', ')}. A storage adapter implements every method of StorageAdapter.`,
     );
   }
+  const { recover } = storage as { recover?: unknown };
+  if (recover !== undefined && typeof recover !== 'function') {
+    throw new TypeError(
+      `bitsUpload: option "storage" has a "recover" that is not a method, got ${show(recover)}. ` +
+        'recover is optional: implement it as a method or leave it out.',
+    );
+  }
   return storage as StorageAdapter;
 }
 
-type IntegerOption = 'maxUploadSize' | 'maxFragmentSize' | 'sessionTimeout' | 'hostIdFallbackTimeout';
+type IntegerOption =
+  | 'maxUploadSize'
+  | 'maxFragmentSize'
+  | 'sessionTimeout'
+  | 'tombstoneTimeout'
+  | 'cleanupInterval'
+  | 'maxSessions'
+  | 'maxSessionsPerPrincipal'
+  | 'hostIdFallbackTimeout';
 
 function integerOption(
   name: IntegerOption,
@@ -220,6 +317,19 @@ function booleanOption(name: 'allowOverwrites' | 'enabled', value: unknown): boo
     );
   }
   return value;
+}
+
+type FunctionOption = 'principal' | 'onCreateSession' | 'destination' | 'onUploadComplete';
+
+/** A function option as given (its type is the caller's promise), or undefined when not given. */
+function functionOption<K extends FunctionOption>(name: K, value: unknown): NonNullable<BitsUploadOptions[K]> | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'function') {
+    throw new TypeError(
+      `bitsUpload: option "${name}" must be a function, got ${show(value)}. Omit it for the default.`,
+    );
+  }
+  return value as NonNullable<BitsUploadOptions[K]>;
 }
 
 function optionalHostId(value: unknown): string | undefined {

@@ -1,4 +1,6 @@
+import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
+import type { UploadRuntime } from '../lifecycle/runtime';
 import type { ResolvedOptions } from '../options';
 import type { Ack } from '../protocol/ack';
 import type { BitsRequest } from '../protocol/request';
@@ -9,7 +11,11 @@ export interface PacketContext {
   readonly request: BitsRequest;
   /** The request body; only Fragment reads it. */
   readonly body: Readable;
+  /** The request as Node delivered it, for the `principal` option and the application hooks. */
+  readonly message: IncomingMessage;
   readonly options: ResolvedOptions;
+  /** The middleware's state: locks, hashes, open sessions, events. */
+  readonly runtime: UploadRuntime;
   /** Time of the request, ms since the epoch. */
   readonly now: number;
 }

@@ -7,20 +7,23 @@ import {
   unsupportedEncoding,
   uploadTooLarge,
 } from '../errors';
+import type { CompletedUpload } from '../events';
+import { sessionInfo } from '../lifecycle/runtime';
 import { ack, type Ack } from '../protocol/ack';
 import { HEADER } from '../protocol/constants';
 import { EMPTY_RANGE, parseContentRange, rangeLength, type ContentRange } from '../protocol/content-range';
 import { readFragmentBody } from '../protocol/fragment-body';
 import type { SessionRecord } from '../storage/adapter';
 import type { PacketContext, PacketHandler } from './context';
+import { callHook } from './hooks';
 import { findSession } from './session';
 
 const debug = createDebug('bits-upload:packet:fragment');
 
 /**
  * Fragment (bits-protocol.md §3.3, §6): validate V1-V6 without touching data (§6.2), place the
- * bytes (§6.3), commit when the received offset R reaches the total (§6.4, §5.5), then answer with
- * R in `BITS-Received-Content-Range`.
+ * bytes (§6.3) while hashing them, complete the upload when the received offset R reaches the total
+ * (§6.4, §5.5), then answer with R in `BITS-Received-Content-Range`.
  */
 export const fragment: PacketHandler = async (ctx) => {
   const { request, options } = ctx;
@@ -59,7 +62,7 @@ async function place(
   range: ContentRange,
   sessionHeader: Readonly<Record<string, string>>,
 ): Promise<Ack> {
-  const { storage, allowOverwrites } = ctx.options;
+  const { options, runtime } = ctx;
   let received = record.receivedLength;
   const answer = (status: number): Ack =>
     ack({ ...sessionHeader, [HEADER.receivedContentRange]: String(received) }, status);
@@ -69,38 +72,84 @@ async function place(
     return answer(416);
   }
   if (record.totalLength === undefined) {
-    await storage.updateSession(record.id, { totalLength: range.total, updatedAt: ctx.now });
+    await options.storage.updateSession(record.id, { totalLength: range.total, updatedAt: ctx.now });
   }
   // Cases A (contiguous) and B (overlap); case C (duplicate) writes nothing.
-  if (range.last >= received) received = await storeBody(ctx, record.id, received, range);
-  else debug('session %s: duplicate bytes %d-%d, holding %d', record.id, range.first, range.last, received);
-  // §6.4: complete when R reaches the total; a commit that failed before is retried by a resend.
-  if (received === range.total && record.state === 'receiving') {
-    await storage.commit(record.id, { overwrite: allowOverwrites });
-    debug('session %s: complete, %d bytes committed', record.id, received);
+  if (range.last >= received) {
+    const before = received;
+    received = await storeBody(ctx, record.id, received, range);
+    if (received > before) {
+      runtime.emit('progress', { ...sessionInfo(record), bytes: received - before, offset: received, total: range.total });
+    }
+  } else {
+    debug('session %s: duplicate bytes %d-%d, holding %d', record.id, range.first, range.last, received);
   }
+  if (received === range.total) await complete(ctx, record, received);
   return answer(200);
 }
 
 /**
  * Streams the new bytes of a fragment (skipping the `received - first` bytes already held) to the
- * adapter and returns the new durable offset, which can never exceed the bytes really delivered.
+ * adapter, through the session's running SHA-256, and returns the new durable offset, which can
+ * never exceed the bytes really delivered. Bytes hashed but not made durable are taken back out of
+ * the hash (see `UploadHashes.tee`).
  */
 async function storeBody(ctx: PacketContext, id: string, received: number, range: ContentRange): Promise<number> {
-  const { body: source, request, options } = ctx;
+  const { body: source, request, options, runtime } = ctx;
   if (source.readableEnded || source.readableDidRead) throw bodyConsumed();
-  const reader = readFragmentBody(source, received - range.first, request.contentLength);
+  const tee = await runtime.hashes.tee(id, received);
+  const reader = readFragmentBody(source, received - range.first, request.contentLength, tee.hash);
+  let durable: number | undefined;
   try {
-    const durable = await options.storage.writeFragment(id, received, reader.body);
+    const reported = await options.storage.writeFragment(id, received, reader.body);
     const delivered = received + reader.body.forwarded;
-    if (!Number.isSafeInteger(durable) || durable < received || durable > delivered) {
-      throw internalError(new Error(`Storage reported offset ${durable} after bytes ${received}-${delivered - 1}`));
+    if (!Number.isSafeInteger(reported) || reported < received || reported > delivered) {
+      throw internalError(new Error(`Storage reported offset ${reported} after bytes ${received}-${delivered - 1}`));
     }
+    durable = reported;
     if (!reader.body.complete) {
       debug('session %s: body cut short after %d new bytes; durable offset %d', id, reader.body.forwarded, durable);
     }
     return durable;
   } finally {
+    tee.settle(reader.body.forwarded, durable);
     reader.detach();
   }
+}
+
+/**
+ * §6.4 completion, once R reached the total, in this order: finish the SHA-256 (reading back only
+ * what the memory state misses) and record it; commit (§5.5); then, unless the record says the
+ * application was already told, await `onUploadComplete`, emit `upload-completed` and record
+ * `delivered`. A repeat of the final fragment after that gets the same 200 Ack and nothing else
+ * (§6.4, SPEC 3.2.5.1.2 "NotifyCache"); if the hook failed, the repeat calls it again
+ * (§10.4, TV-10). The same holds after a restart, from the record.
+ *
+ * Delivery is exactly-once except in one window: a crash after the hook returned and before
+ * `delivered` was recorded makes the hook run again for the repeat of the final fragment after the
+ * restart (at-least-once there, as with IIS notifications, §10.2). An application that must never
+ * see a duplicate can key on `sessionId` and `sha256`.
+ */
+async function complete(ctx: PacketContext, record: SessionRecord, size: number): Promise<void> {
+  const { options, runtime } = ctx;
+  const { storage, onUploadComplete } = options;
+  let { sha256 } = record;
+  if (record.state === 'receiving') {
+    if (sha256 === undefined) {
+      sha256 = await runtime.hashes.digest(record.id, size);
+      await storage.updateSession(record.id, { sha256 });
+    }
+    runtime.hashes.forget(record.id);
+    await storage.commit(record.id, { overwrite: options.allowOverwrites });
+    debug('session %s: complete, %d bytes committed, SHA-256 %s', record.id, size, sha256);
+  }
+  if (record.delivered) return;
+  if (sha256 === undefined) {
+    debug('session %s: completed by an older version without a SHA-256; the application is not told', record.id);
+    return;
+  }
+  const upload: CompletedUpload = { ...sessionInfo(record), size, sha256 };
+  if (onUploadComplete !== undefined) await callHook(() => onUploadComplete(upload, ctx.message));
+  runtime.emit('upload-completed', upload);
+  await storage.updateSession(record.id, { delivered: true });
 }

@@ -1,5 +1,6 @@
 import createDebug from 'debug';
-import { sessionIdMissing, sessionNotFound } from '../errors';
+import { internalError, sessionIdMissing, sessionNotFound } from '../errors';
+import { isExpired, isTombstone } from '../lifecycle/expiry';
 import { ack, type Ack } from '../protocol/ack';
 import { HEADER } from '../protocol/constants';
 import { parseDestination } from '../protocol/destination';
@@ -17,15 +18,27 @@ export interface FoundSession {
 }
 
 /**
+ * Who sends the packet, from the `principal` option (bits-protocol.md §5.6, §12).
+ *
+ * @throws BitsError `BITS_INTERNAL` when the option returns something other than a string or undefined.
+ */
+export function principalOf(ctx: PacketContext): string | undefined {
+  const principal: unknown = ctx.options.principal(ctx.message);
+  if (principal === undefined || typeof principal === 'string') return principal;
+  throw internalError(new TypeError(`The "principal" option returned ${typeof principal}; it must return a string or undefined`));
+}
+
+/**
  * Looks up the session of a Fragment, Close-Session or Cancel-Session (bits-protocol.md §3 step 4).
  * Missing id → 400. The session counts as unknown (500 + BG_E_SESSION_NOT_FOUND) when the id was
- * never issued, its record is older than `sessionTimeout` (§5.4; such records are deleted; a Close or
- * Cancel of a completed upload is still accepted), or it
- * was created on another URL path (§5.6, §15 A18). Tombstones of ended sessions (§5.4) are returned
+ * never issued; when its record is idle past its timeout (§5.4: `sessionTimeout` for sessions,
+ * `tombstoneTimeout` for tombstones; the record is then expired, see `UploadRuntime.expire`), except
+ * that a Close or Cancel of a completed upload is still accepted; when it was created on another URL
+ * path or by another principal (§5.6, §15 A18). Tombstones of ended sessions (§5.4) are returned
  * only when `acceptEnded` is true.
  */
 export async function findSession(ctx: PacketContext, acceptEnded: boolean): Promise<FoundSession> {
-  const { request, options, now } = ctx;
+  const { request, options, runtime, now } = ctx;
   const { urlPath } = parseDestination(request.url);
   const echoed = request.sessionId;
   if (echoed === undefined) throw sessionIdMissing();
@@ -35,17 +48,20 @@ export async function findSession(ctx: PacketContext, acceptEnded: boolean): Pro
   // A delivered upload stays delivered: its late Close or Cancel is still answered 200, or the
   // client would restart an upload whose file already exists (§5.4, §15 A9).
   const deliveredAndEnding = acceptEnded && record.state === 'complete';
-  if (now - record.updatedAt > options.sessionTimeout && !deliveredAndEnding) {
-    debug('session %s expired (idle since %s)', record.id, new Date(record.updatedAt).toISOString());
-    await options.storage.deleteSession(record.id);
+  if (isExpired(record, options, now) && !deliveredAndEnding) {
+    await runtime.expire(record, now);
     throw sessionNotFound(echoed);
   }
   if (record.urlPath !== urlPath) {
     debug('session %s belongs to %s, not %s', record.id, record.urlPath, urlPath);
     throw sessionNotFound(echoed);
   }
-  const ended = record.state === 'closed' || record.state === 'cancelled';
-  if (ended && !acceptEnded) throw sessionNotFound(echoed);
+  const principal = principalOf(ctx);
+  if (record.principal !== principal) {
+    debug('session %s belongs to %s, not %s', record.id, record.principal ?? 'no principal', principal ?? 'no principal');
+    throw sessionNotFound(echoed);
+  }
+  if (isTombstone(record) && !acceptEnded) throw sessionNotFound(echoed);
   return { record, sessionHeader: { [HEADER.sessionId]: echoed } };
 }
 
@@ -60,11 +76,12 @@ export async function endSession(
   log: (format: string, ...args: unknown[]) => void,
 ): Promise<Ack> {
   const { record, sessionHeader } = await findSession(ctx, true);
-  if (record.state === 'closed' || record.state === 'cancelled') {
+  if (isTombstone(record)) {
     log('session %s already %s', record.id, record.state);
   } else {
     await ctx.options.storage.endSession(record.id, state, ctx.now);
     log('session %s %s (was %s)', record.id, state, record.state);
+    ctx.runtime.sessionEnded(record, state);
   }
   return ack(sessionHeader);
 }

@@ -38,6 +38,8 @@ export const HRESULT = {
   E_INVALIDARG: 0x80070057,
   /** HRESULT_FROM_WIN32(ERROR_DISK_FULL); the spec's printed 0x80070112 is a typo (§15 A17). */
   ERROR_DISK_FULL: 0x80070070,
+  /** HRESULT_FROM_WIN32(ERROR_TOO_MANY_SESS): a session limit is reached; 503 makes it transient (§5.4, §9.2). */
+  ERROR_TOO_MANY_SESS: 0x80070045,
   BG_E_SESSION_NOT_FOUND: 0x8020001f,
   BG_E_TOO_LARGE: 0x80200020,
 } as const;

@@ -40,6 +40,26 @@ export function parseDestination(requestTarget: string): Target {
   };
 }
 
+/**
+ * Checks a destination an application produced (the `destination` hook) with the rules a URL path
+ * gets from {@link parseDestination} (§3.2 step 2): a non-empty array of names, each safe on every
+ * file system and none of them the session folder. Returns a frozen copy.
+ *
+ * @throws BitsError `BITS_INVALID_DESTINATION` (400 + E_INVALIDARG) naming the reason.
+ */
+export function checkDestination(value: unknown): Destination {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw invalidDestination('the destination hook must return a non-empty array of names');
+  }
+  const names: unknown[] = value;
+  const destination = names.map((name) => {
+    if (typeof name !== 'string' || name === '') throw invalidDestination('the destination hook returned an empty or non-string name');
+    checkName(name);
+    return name;
+  });
+  return Object.freeze(destination);
+}
+
 /** Decodes one raw path segment and checks the decoded name (§3.2 step 2). */
 function decodeSegment(raw: string): string {
   if (raw === '') throw invalidDestination('empty path segment');

@@ -1,10 +1,12 @@
+import type { Hash } from 'node:crypto';
 import { finished, Transform, type Readable, type TransformCallback } from 'node:stream';
 
 /**
  * The stream an adapter reads a fragment's new bytes from (bits-protocol.md §6.3). It drops the
  * first `skip` body bytes, which the session already holds (case B, overlap), without buffering,
  * and fails when the body holds fewer or more bytes than declared, so a body cut short is never
- * taken for a whole one (§6.3, last bullets).
+ * taken for a whole one (§6.3, last bullets). When given a `hash`, every byte handed on is also fed
+ * to it, so the upload's SHA-256 is computed as the bytes stream in (§6.4).
  */
 export class FragmentBody extends Transform {
   private received = 0;
@@ -14,6 +16,7 @@ export class FragmentBody extends Transform {
   constructor(
     private readonly skip: number,
     private readonly length: number,
+    private readonly hash?: Hash,
   ) {
     super();
   }
@@ -41,6 +44,7 @@ export class FragmentBody extends Transform {
     }
     const piece = start === 0 ? chunk : chunk.subarray(start);
     this.passed += piece.length;
+    this.hash?.update(piece);
     callback(null, piece);
   }
 
@@ -62,11 +66,12 @@ export interface FragmentBodyReader {
 }
 
 /**
- * Feeds `source` (the request) into a new {@link FragmentBody}. A request that errors or closes
- * early (client abort) destroys the body with that error, which the adapter sees (§6.3).
+ * Feeds `source` (the request) into a new {@link FragmentBody}, hashing what it hands on into
+ * `hash` if given. A request that errors or closes early (client abort) destroys the body with that
+ * error, which the adapter sees (§6.3).
  */
-export function readFragmentBody(source: Readable, skip: number, length: number): FragmentBodyReader {
-  const body = new FragmentBody(skip, length);
+export function readFragmentBody(source: Readable, skip: number, length: number, hash?: Hash): FragmentBodyReader {
+  const body = new FragmentBody(skip, length, hash);
   const stopWatching = finished(source, { writable: false }, (error) => {
     if (error) body.destroy(error);
   });

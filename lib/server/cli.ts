@@ -19,6 +19,8 @@ Options:
   --max-fragment-size <bytes>      largest single fragment accepted (default 16 MiB)
   --allow-overwrites               let an upload replace an existing file (default off)
   --session-timeout <seconds>      idle time before a session expires (default 14 days)
+  --max-sessions <n>               open sessions at once (default 10000)
+  --max-sessions-per-client <n>    open sessions per client address (default 50)
   --host-id <host>                 BITS-Host-Id sent to clients (default none)
   --host-id-fallback-timeout <s>   BITS-Host-Id-Fallback-Timeout (default 86400)
   -h, --help                       show this help
@@ -49,6 +51,8 @@ function parseCommandLine(argv: readonly string[]): CliConfig | 'help' {
       'max-fragment-size': { type: 'string' },
       'allow-overwrites': { type: 'boolean', default: false },
       'session-timeout': { type: 'string' },
+      'max-sessions': { type: 'string' },
+      'max-sessions-per-client': { type: 'string' },
       'host-id': { type: 'string' },
       'host-id-fallback-timeout': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -64,6 +68,10 @@ function parseCommandLine(argv: readonly string[]): CliConfig | 'help' {
     ...optional('maxUploadSize', values['max-upload-size'], (v) => parseSize('--max-upload-size', v)),
     ...optional('maxFragmentSize', values['max-fragment-size'], (v) => parseSize('--max-fragment-size', v)),
     ...optional('sessionTimeout', values['session-timeout'], (v) => parseInteger('--session-timeout', v) * 1000),
+    ...optional('maxSessions', values['max-sessions'], (v) => parseInteger('--max-sessions', v)),
+    ...optional('maxSessionsPerPrincipal', values['max-sessions-per-client'], (v) =>
+      parseInteger('--max-sessions-per-client', v),
+    ),
     ...optional('hostId', values['host-id'], (v) => v),
     ...optional('hostIdFallbackTimeout', values['host-id-fallback-timeout'], (v) =>
       parseInteger('--host-id-fallback-timeout', v),
@@ -114,7 +122,8 @@ async function main(): Promise<void> {
   const express = await loadExpress();
   const app = express();
   app.disable('x-powered-by');
-  app.use(config.mount, bitsUpload(config.options));
+  const middleware = bitsUpload(config.options);
+  app.use(config.mount, middleware);
   const server = createBitsServer(app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -125,13 +134,17 @@ async function main(): Promise<void> {
   process.stdout.write(`listening on http://${host}:${port}${config.mount}\n`);
 
   const stop = (): void => {
-    // Finish in-flight packets, drop idle keep-alive connections, then exit.
-    server.close(() => process.exit(0));
-    server.closeIdleConnections();
-    setTimeout(() => {
+    // New sessions are refused at once; packets in flight finish (at most 10 s), then the HTTP server
+    // stops accepting connections, idle keep-alive connections are dropped, and the process exits.
+    const forceExit = setTimeout(() => {
       server.closeAllConnections();
       process.exit(0);
-    }, 10_000).unref();
+    }, 15_000);
+    forceExit.unref();
+    void middleware.close({ timeout: 10_000 }).then(() => {
+      server.close(() => process.exit(0));
+      server.closeIdleConnections();
+    });
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -35,6 +35,14 @@ export interface SessionRecord {
   readonly createdAt: number;
   /** Last progress (creation, a stored byte, completion), ms since the epoch; drives expiry (§5.4). */
   readonly updatedAt: number;
+  /** SHA-256 (hex) of the complete upload, recorded just before the commit; undefined until then. */
+  readonly sha256: string | undefined;
+  /**
+   * True once the application was told of the completed upload (the `onUploadComplete` hook
+   * succeeded and the `upload-completed` event fired), so that it is told exactly once, also across
+   * retransmitted final fragments and restarts.
+   */
+  readonly delivered: boolean;
 }
 
 /** What the middleware passes to {@link StorageAdapter.createSession}. */
@@ -52,6 +60,18 @@ export interface SessionChanges {
   readonly totalLength?: number;
   readonly state?: SessionState;
   readonly updatedAt?: number;
+  readonly sha256?: string;
+  readonly delivered?: boolean;
+}
+
+/** What {@link StorageAdapter.recover} found and repaired at start-up. */
+export interface RecoveryReport {
+  /** Temporary data without a session record, removed. */
+  readonly orphansRemoved: number;
+  /** Records whose data was missing or shorter than recorded, corrected to the bytes really stored. */
+  readonly recordsRepaired: number;
+  /** Commits a crash interrupted, finished. */
+  readonly commitsFinished: number;
 }
 
 /** What exists at a destination, for the overwrite and directory checks (§3.2 step 2-3, A7). */
@@ -70,8 +90,8 @@ export interface CommitOptions {
  * that continue the session's data exactly at its durable offset. The adapter owns bytes and
  * records.
  *
- * Every method is required and returns a promise. Methods that name a session id reject with a
- * {@link SessionNotFoundError} when no record exists.
+ * Every method is required, except `recover`, and returns a promise. Methods that name a session id
+ * reject with a {@link SessionNotFoundError} when no record exists.
  */
 export interface StorageAdapter {
   /**
@@ -122,6 +142,21 @@ export interface StorageAdapter {
 
   /** Every record the adapter holds, tombstones included (for expiry and quotas). */
   listSessions(): AsyncIterable<SessionRecord>;
+
+  /**
+   * Streams the session's stored bytes from `start` up to its receivedLength, while its state is
+   * `receiving` (before the commit moves the data). The middleware reads the part of an upload that
+   * an earlier process stored, to finish the upload's SHA-256 after a restart.
+   */
+  readData(id: string, start: number): Promise<Readable>;
+
+  /**
+   * Optional. Repairs what a crash may have left, once, before the middleware serves its first
+   * packet: removes temporary data that has no record, corrects records whose data is missing or
+   * shorter than recorded, and finishes commits that were interrupted. Adapters whose medium cannot
+   * be left half-done omit it.
+   */
+  recover?(): Promise<RecoveryReport>;
 }
 
 /** Thrown by adapters when a session id has no record. */

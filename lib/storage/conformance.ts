@@ -91,7 +91,11 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
           state: 'receiving',
           createdAt: session.createdAt,
           updatedAt: session.createdAt,
+          sha256: undefined,
+          delivered: false,
         });
+        // toEqual takes a missing field for undefined, so false is checked on its own.
+        expect(record.delivered).toBe(false);
       });
 
       it('getSession reads the record back, with an undefined principal kept undefined', async () => {
@@ -122,6 +126,33 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         const later = await adapter().updateSession(created.id, { updatedAt: created.updatedAt + 5000 });
         expect(later).toEqual({ ...created, totalLength: 1234, updatedAt: created.updatedAt + 5000 });
         await expect(adapter().getSession(created.id)).resolves.toEqual(later);
+      });
+
+      it('updateSession records the SHA-256 and the delivered flag, and keeps them', async () => {
+        const created = await create();
+        const sha256 = createHash('sha256').update('the whole upload').digest('hex');
+        const hashed = await adapter().updateSession(created.id, { sha256 });
+        expect(hashed).toEqual({ ...created, sha256 });
+        await expect(adapter().getSession(created.id)).resolves.toEqual(hashed);
+
+        const delivered = await adapter().updateSession(created.id, { delivered: true, state: 'complete' });
+        expect(delivered).toEqual({ ...created, sha256, delivered: true, state: 'complete' });
+        await expect(adapter().getSession(created.id)).resolves.toEqual(delivered);
+
+        // Changing other fields leaves both alone.
+        const later = await adapter().updateSession(created.id, { updatedAt: created.updatedAt + 1 });
+        expect(later).toMatchObject({ sha256, delivered: true });
+        let listed: SessionRecord | undefined;
+        for await (const record of adapter().listSessions()) if (record.id === created.id) listed = record;
+        expect(listed).toEqual(later);
+      });
+
+      it('writing data keeps the SHA-256 and the delivered flag', async () => {
+        const created = await create();
+        const sha256 = createHash('sha256').update('abc').digest('hex');
+        await adapter().updateSession(created.id, { totalLength: 3, sha256 });
+        await append(created.id, 'abc');
+        await expect(adapter().getSession(created.id)).resolves.toMatchObject({ receivedLength: 3, sha256, delivered: false });
       });
 
       it('updateSession can change the state', async () => {
@@ -215,6 +246,52 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         const stored = await store().readDestination(['big.bin']);
         expect(stored?.length).toBe(size);
         expect(createHash('sha256').update(stored ?? Buffer.alloc(0)).digest('hex')).toBe(hash.digest('hex'));
+      });
+    });
+
+    describe('readData', () => {
+      it('streams the stored bytes from 0 and from the middle, up to the received length', async () => {
+        const all = patternBytes(5, 150_000);
+        const created = await create(['read.bin']);
+        await adapter().updateSession(created.id, { totalLength: 200_000 });
+        await append(created.id, all.subarray(0, 1));
+        await append(created.id, all.subarray(1, 70_001));
+        await append(created.id, all.subarray(70_001));
+
+        expect((await collect(await adapter().readData(created.id, 0))).equals(all)).toBe(true);
+        for (const start of [1, 70_000, 70_001, 123_457, 149_999]) {
+          const read = await collect(await adapter().readData(created.id, start));
+          expect(read.length).toBe(all.length - start);
+          expect(read.equals(all.subarray(start))).toBe(true);
+        }
+        expect((await collect(await adapter().readData(created.id, all.length))).length).toBe(0);
+        // Reading changes nothing, and the upload goes on.
+        expect((await adapter().getSession(created.id))?.receivedLength).toBe(all.length);
+        await expect(append(created.id, 'more')).resolves.toBe(all.length + 4);
+      });
+
+      it('reads an empty stream from a session that received nothing', async () => {
+        const created = await create();
+        expect((await collect(await adapter().readData(created.id, 0))).length).toBe(0);
+      });
+
+      it('reads what an aborted fragment kept, and nothing more', async () => {
+        const created = await create(['aborted-read.bin']);
+        const all = patternBytes(9, 3000);
+        await append(created.id, all.subarray(0, 1000));
+        const length = await adapter().writeFragment(created.id, 1000, abortingBody(all.subarray(1000)));
+        const read = await collect(await adapter().readData(created.id, 0));
+        expect(read.length).toBe(length);
+        expect(read.equals(all.subarray(0, length))).toBe(true);
+      });
+
+      it('rejects an unknown id with SessionNotFoundError', async () => {
+        const id = newId();
+        await expect(adapter().readData(id, 0)).rejects.toMatchObject({
+          name: 'SessionNotFoundError',
+          code: 'BITS_SESSION_NOT_FOUND',
+          sessionId: id,
+        });
       });
     });
 
@@ -397,6 +474,7 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         await expect(adapter().writeFragment(id, 0, bodyOf('x'))).rejects.toMatchObject(notFound);
         await expect(adapter().commit(id, { overwrite: false })).rejects.toMatchObject(notFound);
         await expect(adapter().endSession(id, 'closed', Date.now())).rejects.toMatchObject(notFound);
+        await expect(adapter().readData(id, 0)).rejects.toMatchObject(notFound);
       });
 
       it('a deleted session is unknown', async () => {
@@ -426,10 +504,66 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         expect(ids).toEqual(expect.arrayContaining([created.id, tombstone.id]));
         expect((await second.getSession(tombstone.id))?.state).toBe('cancelled');
 
+        // What the earlier instance stored is readable (the SHA-256 of a resumed upload, §6.3).
+        expect((await collect(await second.readData(created.id, 0))).equals(all.subarray(0, 20_000))).toBe(true);
+        expect((await collect(await second.readData(created.id, 12_345))).equals(all.subarray(12_345, 20_000))).toBe(true);
+
         await expect(append(created.id, all.subarray(20_000), second)).resolves.toBe(all.length);
         await second.commit(created.id, { overwrite: false });
         expect((await store().readDestination(['resumed.bin']))?.equals(all)).toBe(true);
         expect((await adapter().getSession(created.id))?.state).toBe('complete');
+      });
+
+      it('keeps the SHA-256 and the delivered flag (when the harness can reopen)', async () => {
+        const { reopen } = store();
+        if (reopen === undefined) return;
+        const sha256 = createHash('sha256').update('x').digest('hex');
+        const hashed = await create(['hashed.bin']);
+        await adapter().updateSession(hashed.id, { sha256 });
+        const delivered = await upload(['delivered.bin'], 'x');
+        await adapter().updateSession(delivered.id, { sha256, delivered: true });
+        const plain = await create(['plain.bin']);
+
+        const second = await reopen.call(store());
+        await expect(second.getSession(hashed.id)).resolves.toMatchObject({ sha256, delivered: false });
+        await expect(second.getSession(delivered.id)).resolves.toMatchObject({ sha256, delivered: true, state: 'complete' });
+        const reread = await second.getSession(plain.id);
+        expect(reread?.sha256).toBeUndefined();
+        expect(reread?.delivered).toBe(false);
+      });
+
+      it('recover() on a fresh instance finds nothing to repair in a healthy store and changes nothing (when the harness can reopen)', async () => {
+        const { reopen } = store();
+        if (reopen === undefined) return;
+        const all = patternBytes(11, 30_000);
+        const receiving = await create(['recover-receiving.bin']);
+        await adapter().updateSession(receiving.id, { totalLength: all.length });
+        await append(receiving.id, all.subarray(0, 10_000));
+        const empty = await create(['recover-empty.bin']);
+        const complete = await upload(['recover-complete.bin'], 'complete');
+        await adapter().updateSession(complete.id, { sha256: createHash('sha256').update('complete').digest('hex'), delivered: true });
+        const closed = await upload(['recover-closed.bin'], 'closed');
+        await adapter().endSession(closed.id, 'closed', Date.now());
+        const cancelled = await create(['recover-cancelled.bin']);
+        await append(cancelled.id, 'partial');
+        await adapter().endSession(cancelled.id, 'cancelled', Date.now());
+        const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id];
+        const before = await Promise.all(ids.map((id) => adapter().getSession(id)));
+
+        const second = await reopen.call(store());
+        if (second.recover === undefined) return;
+        await expect(second.recover()).resolves.toEqual({ orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 });
+        expect(await Promise.all(ids.map((id) => second.getSession(id)))).toEqual(before);
+        // Running it again is harmless.
+        await expect(second.recover()).resolves.toEqual({ orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 });
+
+        expect((await collect(await second.readData(receiving.id, 0))).equals(all.subarray(0, 10_000))).toBe(true);
+        await expect(append(receiving.id, all.subarray(10_000), second)).resolves.toBe(all.length);
+        await second.commit(receiving.id, { overwrite: false });
+        expect((await store().readDestination(['recover-receiving.bin']))?.equals(all)).toBe(true);
+        expect((await store().readDestination(['recover-complete.bin']))?.toString()).toBe('complete');
+        expect((await store().readDestination(['recover-closed.bin']))?.toString()).toBe('closed');
+        expect(await store().readDestination(['recover-cancelled.bin'])).toBeUndefined();
       });
     });
   });
@@ -472,6 +606,16 @@ function abortingBody(bytes: Buffer): Readable {
     throw Object.assign(new Error('aborted'), { code: 'ECONNRESET' });
   }
   return Readable.from(produce(), { objectMode: false });
+}
+
+/** Reads a stream to its end. */
+async function collect(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream as AsyncIterable<unknown>) {
+    if (!ArrayBuffer.isView(chunk)) throw new TypeError(`readData must stream bytes, got ${typeof chunk}`);
+    chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+  }
+  return Buffer.concat(chunks);
 }
 
 /** Deterministic bytes that differ at every position of a period (251, a prime) and repeat. */

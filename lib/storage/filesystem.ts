@@ -3,7 +3,7 @@ import type { Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import createDebug from 'debug';
 import {
@@ -17,6 +17,7 @@ import type {
   Destination,
   DestinationKind,
   NewSession,
+  RecoveryReport,
   SessionChanges,
   SessionRecord,
   SessionState,
@@ -60,11 +61,31 @@ interface ResolvedOptions {
 interface StoredRecord extends SessionRecord {
   /** Set just before the data is moved, so that a commit interrupted by a crash can be finished. */
   readonly committing?: boolean;
+  /**
+   * The `overwrite` option of the commit that set the marker, so that {@link FileSystemStorage.recover}
+   * finishes it the same way. Markers written before this field existed lack it: treated as false.
+   */
+  readonly commitOverwrite?: boolean;
+}
+
+/** record.json cannot be parsed or fails validation. */
+class CorruptRecordError extends Error {
+  override readonly name = 'CorruptRecordError';
+}
+
+/** record.json was written by a newer version of this adapter; never touched, never deleted. */
+class FutureRecordError extends Error {
+  override readonly name = 'FutureRecordError';
 }
 
 const RECORD_FILE = 'record.json';
 const RECORD_TEMP = 'record.json.tmp';
 const DATA_FILE = 'data';
+/**
+ * Format version of record.json. `sha256` and `delivered` were added to version 1 as optional
+ * fields: records written before them load as undefined and false, and older releases, which ignore
+ * unknown fields, still read the records written now. A record with a higher version is left alone.
+ */
 const RECORD_VERSION = 1;
 /** Bytes given back on a full disk so that the record still fits (a few file-system blocks). */
 const RECORD_ROOM = 64 * 1024;
@@ -113,6 +134,8 @@ export class FileSystemStorage implements StorageAdapter {
       state: 'receiving',
       createdAt: session.createdAt,
       updatedAt: session.createdAt,
+      sha256: undefined,
+      delivered: false,
     };
     try {
       const data = await fs.open(path.join(dir, DATA_FILE), 'wx');
@@ -142,6 +165,8 @@ export class FileSystemStorage implements StorageAdapter {
       ...(changes.totalLength !== undefined && { totalLength: changes.totalLength }),
       ...(changes.state !== undefined && { state: changes.state }),
       ...(changes.updatedAt !== undefined && { updatedAt: changes.updatedAt }),
+      ...(changes.sha256 !== undefined && { sha256: changes.sha256 }),
+      ...(changes.delivered !== undefined && { delivered: changes.delivered }),
     };
     await this.#writeRecord(dir, updated);
     return publicRecord(updated);
@@ -297,7 +322,9 @@ export class FileSystemStorage implements StorageAdapter {
     await fs.mkdir(path.dirname(target), { recursive: true });
     // mkdir may have created folders through a link planted meanwhile; check again before moving.
     await this.#destinationPath(record.destination);
-    if (!record.committing) await this.#writeRecord(dir, { ...record, committing: true });
+    if (!record.committing || record.commitOverwrite !== options.overwrite) {
+      await this.#writeRecord(dir, { ...record, committing: true, commitOverwrite: options.overwrite });
+    }
 
     if (options.overwrite) {
       await fs.rename(dataPath, target).catch((error: unknown) => {
@@ -342,6 +369,195 @@ export class FileSystemStorage implements StorageAdapter {
         continue;
       }
       yield publicRecord(await reconcile(record, dir));
+    }
+  }
+
+  /**
+   * Streams bytes `start` to receivedLength-1 of a `receiving` session's data file. The file is
+   * opened before the promise resolves, so a missing file rejects here rather than failing the
+   * stream; bytes beyond the record (a crash tail) are never included. Consume or destroy the
+   * stream: it holds the file open until then.
+   */
+  async readData(id: string, start: number): Promise<Readable> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    if (record.state !== 'receiving') {
+      throw new Error(`Session ${id} is ${record.state}; its data is no longer held in the session`);
+    }
+    const end = record.receivedLength;
+    if (!Number.isSafeInteger(start) || start < 0 || start > end) {
+      throw new RangeError(`Cannot read session ${id} from ${String(start)}: it holds ${end} bytes`);
+    }
+    if (start === end) return Readable.from([], { objectMode: false });
+    let handle: FileHandle;
+    try {
+      handle = await fs.open(path.join(dir, DATA_FILE), 'r');
+    } catch (error) {
+      // Only an interrupted commit leaves a receiving record with bytes but no data file.
+      if (isErrno(error, 'ENOENT')) throw new Error(`Session ${id} has no data file; an interrupted commit moved it`);
+      throw error;
+    }
+    return handle.createReadStream({ start, end: end - 1 });
+  }
+
+  /**
+   * Repairs what a crash left in the session folder; call it once at start-up, while no other
+   * process or instance uses the same `directory` (it would take their half-created sessions for
+   * orphans and their unrecorded bytes for crash tails). Per session folder:
+   * - no readable record.json (a crash inside createSession, or junk), or a record of another id:
+   *   the folder is removed (`orphansRemoved`); a record of a newer format version is left alone;
+   * - a leftover `record.json.tmp` is removed (`orphansRemoved`), and so is the data file of a
+   *   session that is no longer `receiving`;
+   * - a `receiving` record whose data file is missing gets an empty one and receivedLength 0, one
+   *   whose data file is shorter gets the file's length (`recordsRepaired`; totalLength is kept, the
+   *   client resends the rest, bits-protocol.md §6.3); a longer data file is cut back to the record
+   *   (bytes nobody acknowledged, not counted);
+   * - a record with the commit marker is committed the way the interrupted commit would have
+   *   (`commitsFinished`): the data is moved (or, already at the destination, the record is just
+   *   marked complete). When the destination changed meanwhile so that this is not possible, the
+   *   record is left for the next {@link commit}; when the data is neither in the session nor at
+   *   the destination, the record is reset to 0 bytes (`recordsRepaired`).
+   * Sessions that are consistent are not written to. A folder that cannot be repaired (a
+   * permission error, say) is skipped, so that one of them does not keep the server from starting.
+   */
+  async recover(): Promise<RecoveryReport> {
+    await this.#init();
+    const report = { orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 };
+    const entries = await fs.readdir(this.#sessionsDir, { withFileTypes: true });
+    for (const entry of entries) {
+      if (!entry.isDirectory()) {
+        // The adapter creates nothing but folders here; whatever this is, it is not ours to delete.
+        debug('recover: leaving %s alone: not a session folder', entry.name);
+        continue;
+      }
+      const dir = path.join(this.#sessionsDir, entry.name);
+      let record: StoredRecord;
+      try {
+        record = await this.#readRecordFile(dir);
+        if (sessionFolderName(record.id) !== entry.name) {
+          throw new CorruptRecordError(`the folder ${entry.name} holds the record of ${record.id}`);
+        }
+      } catch (error) {
+        if (error instanceof CorruptRecordError || isErrno(error, 'ENOENT', 'EISDIR', 'ENOTDIR')) {
+          debug('recover: removing orphan session folder %s (%s)', entry.name, errorText(error));
+          try {
+            await fs.rm(dir, { recursive: true, force: true });
+            report.orphansRemoved += 1;
+          } catch (rmError) {
+            debug('recover: cannot remove %s: %s', entry.name, errorText(rmError));
+          }
+        } else {
+          debug('recover: skipping session folder %s: %s', entry.name, errorText(error));
+        }
+        continue;
+      }
+      try {
+        await this.#recoverSession(record, dir, report);
+      } catch (error) {
+        debug('recover: cannot repair session %s: %s', record.id, errorText(error));
+      }
+    }
+    if (report.orphansRemoved > 0) await this.#syncDirectory(this.#sessionsDir);
+    debug('recover: %o', report);
+    return { ...report };
+  }
+
+  async #recoverSession(
+    record: StoredRecord,
+    dir: string,
+    report: { orphansRemoved: number; recordsRepaired: number; commitsFinished: number },
+  ): Promise<void> {
+    const id = record.id;
+    if (await removeIfPresent(path.join(dir, RECORD_TEMP))) {
+      debug('recover: session %s: removed a leftover %s', id, RECORD_TEMP);
+      report.orphansRemoved += 1;
+    }
+    const dataPath = path.join(dir, DATA_FILE);
+    let data = await lstatOrUndefined(dataPath);
+    if (data !== undefined && !data.isFile()) {
+      // Never the adapter's own (a link or a folder): gone, so that nothing reads through it.
+      debug('recover: session %s: removing a data entry that is not a file', id);
+      await fs.rm(dataPath, { recursive: true, force: true });
+      data = undefined;
+      if (record.state !== 'receiving') report.orphansRemoved += 1;
+    }
+
+    if (record.state !== 'receiving') {
+      // A tombstone or a committed session holds no temporary data.
+      if (data !== undefined) {
+        debug('recover: session %s (%s): removing its leftover data', id, record.state);
+        await fs.rm(dataPath, { force: true });
+        report.orphansRemoved += 1;
+      }
+      return;
+    }
+
+    // The bytes held are fewer than recorded (or gone): the record is corrected to them. The
+    // commit marker goes too: what is left is not a complete upload.
+    const repair = async (received: number): Promise<void> => {
+      if (data === undefined) {
+        const handle = await fs.open(dataPath, 'w');
+        try {
+          if (this.#options.fsync !== 'never') await handle.sync();
+        } finally {
+          await handle.close();
+        }
+      }
+      debug('recover: session %s: record said %d bytes, %d are held', id, record.receivedLength, received);
+      await this.#writeRecord(dir, withoutCommitMarker({ ...record, receivedLength: received, sha256: undefined }));
+      report.recordsRepaired += 1;
+    };
+
+    if (record.committing) {
+      if (data === undefined) {
+        // Moved by the interrupted commit, or lost. The destination tells which.
+        let target: string;
+        try {
+          target = await this.#destinationPath(record.destination);
+        } catch (error) {
+          debug('recover: session %s: leaving the interrupted commit alone: %s', id, errorText(error));
+          return;
+        }
+        if ((await kindOf(target)) === 'file') {
+          await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
+          debug('recover: session %s: the data was at the destination; marked complete', id);
+          report.commitsFinished += 1;
+        } else {
+          await repair(0);
+        }
+        return;
+      }
+      if (data.size < record.receivedLength) {
+        await repair(data.size);
+        return;
+      }
+      try {
+        await this.commit(id, { overwrite: record.commitOverwrite === true });
+      } catch (error) {
+        // The destination changed since the marker was set (a folder or another file appeared there,
+        // a link was planted): the middleware's next commit decides, with its own options.
+        debug('recover: session %s: leaving the interrupted commit for later: %s', id, errorText(error));
+        return;
+      }
+      debug('recover: session %s: finished the interrupted commit', id);
+      report.commitsFinished += 1;
+      return;
+    }
+
+    if (data === undefined) {
+      await repair(0);
+    } else if (data.size < record.receivedLength) {
+      await repair(data.size);
+    } else if (data.size > record.receivedLength) {
+      // A crash between writing bytes and recording them: nobody was told of them.
+      debug('recover: session %s: dropping %d unrecorded bytes', id, data.size - record.receivedLength);
+      const handle = await fs.open(dataPath, 'r+');
+      try {
+        await handle.truncate(record.receivedLength);
+        if (this.#options.fsync !== 'never') await handle.sync();
+      } finally {
+        await handle.close();
+      }
     }
   }
 
@@ -533,7 +749,8 @@ async function reconcile(record: StoredRecord, dir: string): Promise<StoredRecor
   if (!record.committing) debug('session %s: record says %d bytes, data file has %d', record.id, record.receivedLength, onDisk);
   // A missing data file during an interrupted commit means the bytes are at the destination.
   if (record.committing && data === undefined) return record;
-  return { ...record, receivedLength: onDisk };
+  // A hash recorded for the complete upload no longer describes the bytes held.
+  return { ...record, receivedLength: onDisk, sha256: undefined };
 }
 
 function toBuffer(chunk: unknown): Buffer {
@@ -559,6 +776,17 @@ async function statOrUndefined(file: string): Promise<Stats | undefined> {
     return await fs.stat(file);
   } catch (error) {
     if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
+    throw error;
+  }
+}
+
+/** Removes a file; false when there was none. */
+async function removeIfPresent(file: string): Promise<boolean> {
+  try {
+    await fs.unlink(file);
+    return true;
+  } catch (error) {
+    if (isErrno(error, 'ENOENT', 'ENOTDIR')) return false;
     throw error;
   }
 }
@@ -607,7 +835,7 @@ function mapMoveError(error: unknown, destination: Destination): unknown {
 }
 
 function withoutCommitMarker(record: StoredRecord): StoredRecord {
-  const { committing: _committing, ...rest } = record;
+  const { committing: _committing, commitOverwrite: _commitOverwrite, ...rest } = record;
   return rest;
 }
 
@@ -623,6 +851,8 @@ function publicRecord(record: StoredRecord): SessionRecord {
     state: record.state,
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
+    sha256: record.sha256,
+    delivered: record.delivered,
   });
 }
 
@@ -639,20 +869,33 @@ function serializeRecord(record: StoredRecord): string {
     state: record.state,
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
-    ...(record.committing === true && { committing: true }),
+    sha256: record.sha256 ?? null,
+    delivered: record.delivered,
+    ...(record.committing === true && { committing: true, commitOverwrite: record.commitOverwrite === true }),
   })}\n`;
 }
 
 function parseRecord(text: string, dir: string): StoredRecord {
-  const value: unknown = JSON.parse(text);
   const fail = (field: string): never => {
-    throw new Error(`Corrupt session record in ${dir}: bad ${field}`);
+    throw new CorruptRecordError(`Corrupt session record in ${dir}: bad ${field}`);
   };
-  if (typeof value !== 'object' || value === null) return fail('document');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return fail('JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return fail('document');
   const v = value as Record<string, unknown>;
-  if (v['version'] !== RECORD_VERSION) fail('version');
+  const version = v['version'];
+  if (typeof version === 'number' && Number.isSafeInteger(version) && version > RECORD_VERSION) {
+    throw new FutureRecordError(`Session record in ${dir} has version ${version}; this release reads up to ${RECORD_VERSION}`);
+  }
+  if (version !== RECORD_VERSION) fail('version');
   const isLength = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
   const { id, destination, urlPath, principal, protocol, totalLength, receivedLength, state, createdAt, updatedAt } = v;
+  // Absent in records written before these fields existed (still version 1).
+  const { sha256 = null, delivered = false, committing = false, commitOverwrite = false } = v;
   if (typeof id !== 'string') fail('id');
   if (!Array.isArray(destination) || !destination.every((s): s is string => typeof s === 'string')) fail('destination');
   if (typeof urlPath !== 'string') fail('urlPath');
@@ -662,6 +905,8 @@ function parseRecord(text: string, dir: string): StoredRecord {
   if (!isLength(receivedLength)) fail('receivedLength');
   if (!STATES.includes(state as SessionState)) fail('state');
   if (typeof createdAt !== 'number' || typeof updatedAt !== 'number') fail('timestamps');
+  if (sha256 !== null && typeof sha256 !== 'string') fail('sha256');
+  if (typeof delivered !== 'boolean') fail('delivered');
   return {
     id: id as string,
     destination: destination as string[],
@@ -673,7 +918,9 @@ function parseRecord(text: string, dir: string): StoredRecord {
     state: state as SessionState,
     createdAt: createdAt as number,
     updatedAt: updatedAt as number,
-    ...(v['committing'] === true && { committing: true }),
+    sha256: (sha256 as string | null) ?? undefined,
+    delivered: delivered as boolean,
+    ...(committing === true && { committing: true, commitOverwrite: commitOverwrite === true }),
   };
 }
 

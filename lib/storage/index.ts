@@ -9,6 +9,7 @@ export type {
   Destination,
   DestinationKind,
   NewSession,
+  RecoveryReport,
   SessionChanges,
   SessionRecord,
   SessionState,

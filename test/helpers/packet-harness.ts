@@ -1,12 +1,16 @@
 /**
  * Drives packets through the middleware's pipeline (`processPacket`) without sockets, against a
- * {@link StubStorage}, in the vocabulary of bits-protocol.md §16.
+ * {@link StubStorage}, in the vocabulary of bits-protocol.md §16, and records the events.
  */
+import { EventEmitter } from 'node:events';
+import { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import type { BitsUploadEvents } from '../../lib/events';
+import { UploadRuntime } from '../../lib/lifecycle/runtime';
 import { processPacket } from '../../lib/middleware';
 import { resolveOptions, type BitsUploadOptions, type ResolvedOptions } from '../../lib/options';
 import type { Ack } from '../../lib/protocol/ack';
-import { SessionLocks } from '../../lib/protocol/session-lock';
 import { StubStorage } from './stub-storage';
 
 /** The upload URL of the test vectors, below the mount point. */
@@ -26,18 +30,84 @@ export interface Packet {
   readonly headers?: Readonly<Record<string, string>>;
   readonly url?: string;
   readonly httpVersion?: string;
+  /** `req.user`, as an authentication middleware would set it. Defaults to none. */
+  readonly user?: unknown;
+}
+
+/** One event the middleware emitted: its name and its argument. */
+export type RecordedEvent = {
+  [K in keyof BitsUploadEvents]: { readonly name: K; readonly payload: BitsUploadEvents[K][0] };
+}[keyof BitsUploadEvents];
+
+const EVENT_NAMES: readonly (keyof BitsUploadEvents)[] = [
+  'session-created',
+  'progress',
+  'upload-completed',
+  'session-closed',
+  'session-cancelled',
+  'session-expired',
+  'upload-failed',
+];
+
+/**
+ * An `IncomingMessage` as Node would deliver it for a request (no socket behind it): method,
+ * version, URL and headers; `user` is set when given.
+ */
+export function fakeRequest(url: string, rawHeaders: readonly string[], httpVersion = '1.1', user?: unknown): IncomingMessage {
+  const message = new IncomingMessage(new Socket());
+  message.method = 'BITS_POST';
+  message.httpVersion = httpVersion;
+  message.url = url;
+  message.rawHeaders = [...rawHeaders];
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    message.headers[(rawHeaders[i] ?? '').toLowerCase()] = rawHeaders[i + 1];
+  }
+  if (user !== undefined) Object.assign(message, { user });
+  return message;
 }
 
 export class PacketHarness {
-  readonly storage = new StubStorage();
+  readonly storage: StubStorage;
   readonly options: ResolvedOptions;
-  readonly locks = new SessionLocks();
+  readonly emitter = new EventEmitter<BitsUploadEvents>();
+  readonly runtime: UploadRuntime;
+  /** Every event, in order. */
+  readonly events: RecordedEvent[] = [];
   /** The time requests are made at. */
   now = 1_700_000_000_000;
 
-  constructor(options: Omit<BitsUploadOptions, 'storage' | 'directory'> = {}) {
+  constructor(options: Omit<BitsUploadOptions, 'storage' | 'directory'> = {}, storage = new StubStorage()) {
+    this.storage = storage;
     this.options = resolveOptions({ storage: this.storage, ...options });
     this.storage.now = () => this.now;
+    this.runtime = new UploadRuntime(this.options, this.emitter);
+    for (const name of EVENT_NAMES) {
+      this.emitter.on(name, (payload: BitsUploadEvents[typeof name][0]) => {
+        this.events.push({ name, payload } as RecordedEvent);
+      });
+    }
+  }
+
+  /** The session locks the pipeline uses. */
+  get locks(): UploadRuntime['locks'] {
+    return this.runtime.locks;
+  }
+
+  /** Names of the events so far. */
+  eventNames(): string[] {
+    return this.events.map((event) => event.name);
+  }
+
+  /** Payloads of one event, in order. */
+  eventsOf<K extends keyof BitsUploadEvents>(name: K): BitsUploadEvents[K][0][] {
+    return this.events.filter((event) => event.name === name).map((event) => event.payload as BitsUploadEvents[K][0]);
+  }
+
+  /** A harness on the same storage with fresh memory, as after a restart of the process. */
+  restart(options: Omit<BitsUploadOptions, 'storage' | 'directory'> = {}): PacketHarness {
+    const next = new PacketHarness(options, this.storage);
+    next.now = this.now;
+    return next;
   }
 
   send(packet: Packet): Promise<Ack> {
@@ -60,12 +130,8 @@ export class PacketHarness {
     for (const [name, value] of Object.entries(packet.headers ?? {})) add(name, value);
     const stream =
       body instanceof Readable ? body : Readable.from([typeof body === 'string' ? Buffer.from(body, 'latin1') : body]);
-    return processPacket(
-      { httpVersion: packet.httpVersion ?? '1.1', url: packet.url ?? URL_PATH, rawHeaders, body: stream },
-      this.options,
-      this.locks,
-      this.now,
-    );
+    const message = fakeRequest(packet.url ?? URL_PATH, rawHeaders, packet.httpVersion ?? '1.1', packet.user);
+    return processPacket({ message, body: stream }, this.runtime, this.now);
   }
 
   ping(): Promise<Ack> {
@@ -73,13 +139,13 @@ export class PacketHarness {
   }
 
   /** Create-Session with the BITS 1.5 protocol; returns the Ack. */
-  create(url?: string, protocols = '{7df0354d-249b-430f-820d-3d2a9bef4931}'): Promise<Ack> {
-    return this.send({ type: 'Create-Session', url, headers: { 'BITS-Supported-Protocols': protocols } });
+  create(url?: string, protocols = '{7df0354d-249b-430f-820d-3d2a9bef4931}', more: Partial<Packet> = {}): Promise<Ack> {
+    return this.send({ type: 'Create-Session', url, ...more, headers: { 'BITS-Supported-Protocols': protocols, ...more.headers } });
   }
 
   /** Create-Session that must succeed; returns the session id. */
-  async session(url?: string): Promise<string> {
-    const ack = await this.create(url);
+  async session(url?: string, more: Partial<Packet> = {}): Promise<string> {
+    const ack = await this.create(url, undefined, more);
     const id = ack.headers['BITS-Session-Id'];
     if (ack.status !== 200 || id === undefined) throw new Error(`Create-Session failed: ${JSON.stringify(ack)}`);
     return id;
@@ -94,12 +160,12 @@ export class PacketHarness {
     return this.send({ type: 'Fragment', sessionId, range, body, ...more });
   }
 
-  close(sessionId: string, url?: string): Promise<Ack> {
-    return this.send({ type: 'Close-Session', sessionId, url });
+  close(sessionId: string, url?: string, more: Partial<Packet> = {}): Promise<Ack> {
+    return this.send({ type: 'Close-Session', sessionId, url, ...more });
   }
 
-  cancel(sessionId: string, url?: string): Promise<Ack> {
-    return this.send({ type: 'Cancel-Session', sessionId, url });
+  cancel(sessionId: string, url?: string, more: Partial<Packet> = {}): Promise<Ack> {
+    return this.send({ type: 'Cancel-Session', sessionId, url, ...more });
   }
 }
 

@@ -1,9 +1,10 @@
 /**
  * An in-memory storage adapter for packet-handler tests: it records every call, can be told to
  * fail or pause a method, and makes each chunk "durable" as it arrives, so an aborted body leaves
- * exactly the prefix that was read (lib/storage/adapter.ts, bits-protocol.md §6.3).
+ * exactly the prefix that was read (lib/storage/adapter.ts, bits-protocol.md §6.3). It can also
+ * keep back the tail of every write, like an object store that only makes whole parts durable.
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import {
   DestinationExistsError,
   DestinationIsDirectoryError,
@@ -12,6 +13,7 @@ import {
   type Destination,
   type DestinationKind,
   type NewSession,
+  type RecoveryReport,
   type SessionChanges,
   type SessionRecord,
   type StorageAdapter,
@@ -42,6 +44,10 @@ export class StubStorage implements StorageAdapter {
   readonly #gates = new Map<StorageMethod, Promise<void>>();
   /** Clock used for updatedAt of written bytes. */
   now: () => number = () => Date.now();
+  /** Bytes at the end of every write that are read but not kept (not durable); 0 keeps all. */
+  withheldTail = 0;
+  /** The optional start-up repair; none unless a test sets it. */
+  recover: (() => Promise<RecoveryReport>) | undefined = undefined;
   /** Largest number of writeFragment calls seen running at once for one session. */
   maxConcurrentWrites = 0;
   readonly #writing = new Map<string, number>();
@@ -91,6 +97,8 @@ export class StubStorage implements StorageAdapter {
       receivedLength: 0,
       state: 'receiving',
       updatedAt: session.createdAt,
+      sha256: undefined,
+      delivered: false,
     };
     this.#sessions.set(session.id, { record, data: Buffer.alloc(0) });
     return record;
@@ -126,6 +134,9 @@ export class StubStorage implements StorageAdapter {
     } finally {
       this.#writing.set(id, running - 1);
     }
+    const kept = Math.max(offset, entry.data.length - this.withheldTail);
+    entry.data = entry.data.subarray(0, kept);
+    entry.record = { ...entry.record, receivedLength: kept };
     return entry.record.receivedLength;
   }
 
@@ -162,7 +173,18 @@ export class StubStorage implements StorageAdapter {
 
   async *listSessions(): AsyncIterable<SessionRecord> {
     await this.#enter('listSessions', []);
-    for (const entry of this.#sessions.values()) yield entry.record;
+    for (const entry of [...this.#sessions.values()]) yield entry.record;
+  }
+
+  async readData(id: string, start: number): Promise<Readable> {
+    await this.#enter('readData', [id, start]);
+    const entry = this.#require(id);
+    return Readable.from([entry.data.subarray(start)]);
+  }
+
+  /** Adds a record as another process (or the process before a restart) left it. */
+  seed(record: SessionRecord, data: Buffer = Buffer.alloc(0)): void {
+    this.#sessions.set(record.id, { record, data });
   }
 
   async #enter(method: StorageMethod, args: readonly unknown[]): Promise<void> {

@@ -37,7 +37,9 @@ let clients: BitsClient[] = [];
 beforeEach(async () => {
   sandbox = await makeSandbox();
   const app = express();
-  app.use('/uploads', bitsUpload({ directory: sandbox.root }));
+  // Every client here is 127.0.0.1, one principal by default: lift the per-principal limit (§5.4)
+  // above the 300 sessions these tests leave open.
+  app.use('/uploads', bitsUpload({ directory: sandbox.root, maxSessionsPerPrincipal: 1000 }));
   running = await serve(app);
 });
 

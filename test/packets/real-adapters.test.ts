@@ -5,13 +5,17 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
+import type { BitsUploadEvents } from '../../lib/events';
+import { UploadRuntime } from '../../lib/lifecycle/runtime';
 import { processPacket } from '../../lib/middleware';
 import { resolveOptions, type BitsUploadOptions } from '../../lib/options';
 import type { Ack } from '../../lib/protocol/ack';
 import type { StorageAdapter } from '../../lib/storage/adapter';
 import { FileSystemStorage } from '../../lib/storage/filesystem';
 import { MemoryStorage } from '../../lib/storage/memory';
+import { fakeRequest } from '../helpers/packet-harness';
 
 const PROTOCOL = '{7df0354d-249b-430f-820d-3d2a9bef4931}';
 
@@ -50,6 +54,18 @@ const subjects: Array<[string, MakeSubject]> = [
   ],
 ];
 
+/** One middleware state per adapter and set of options, as one bitsUpload() would keep it. */
+const runtimes = new WeakMap<StorageAdapter, Map<string, UploadRuntime>>();
+
+function runtimeFor(storage: StorageAdapter, options: Omit<BitsUploadOptions, 'storage'>): UploadRuntime {
+  const byOptions = runtimes.get(storage) ?? new Map<string, UploadRuntime>();
+  runtimes.set(storage, byOptions);
+  const key = JSON.stringify(options);
+  const runtime = byOptions.get(key) ?? new UploadRuntime(resolveOptions({ storage, ...options }), new EventEmitter<BitsUploadEvents>());
+  byOptions.set(key, runtime);
+  return runtime;
+}
+
 function send(
   storage: StorageAdapter,
   headers: Record<string, string>,
@@ -58,8 +74,8 @@ function send(
 ): Promise<Ack> {
   const rawHeaders = Object.entries({ 'Content-Length': String(body.length), ...headers }).flat();
   return processPacket(
-    { httpVersion: '1.1', url: '/report.bin', rawHeaders, body: Readable.from([Buffer.from(body, 'latin1')]) },
-    resolveOptions({ storage, ...options }),
+    { message: fakeRequest('/report.bin', rawHeaders), body: Readable.from([Buffer.from(body, 'latin1')]) },
+    runtimeFor(storage, options),
   );
 }
 

@@ -40,7 +40,7 @@ describe('binding to the URL path (§5.6, §15 A18)', () => {
   });
 });
 
-describe('expiry (§5.4, sessionTimeout)', () => {
+describe('expiry (§5.4, sessionTimeout and tombstoneTimeout)', () => {
   test('a session idle for longer than sessionTimeout is unknown and deleted', async () => {
     const h = new PacketHarness({ sessionTimeout: DAY });
     const sid = await h.session();
@@ -69,7 +69,7 @@ describe('expiry (§5.4, sessionTimeout)', () => {
   });
 
   test('an expired tombstone no longer makes Close idempotent', async () => {
-    const h = new PacketHarness({ sessionTimeout: DAY });
+    const h = new PacketHarness({ tombstoneTimeout: DAY });
     const sid = await h.session();
     await h.close(sid);
     h.now += DAY + 1;

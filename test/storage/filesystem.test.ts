@@ -251,6 +251,397 @@ describe('FileSystemStorage', () => {
     });
   });
 
+  /** Reads record.json as stored. */
+  async function storedRecord(id: string): Promise<Record<string, unknown>> {
+    return JSON.parse(await fs.readFile(path.join(sessionDir(id), 'record.json'), 'utf8')) as Record<string, unknown>;
+  }
+
+  /** Rewrites record.json the way another release or a crash left it. */
+  async function plantRecord(id: string, change: (stored: Record<string, unknown>) => Record<string, unknown>): Promise<void> {
+    await fs.writeFile(path.join(sessionDir(id), 'record.json'), JSON.stringify(change(await storedRecord(id))));
+  }
+
+  async function readAll(stream: Readable): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  }
+
+  describe('record format', () => {
+    it('stores the SHA-256 and the delivered flag in record.json, still as version 1', async () => {
+      const record = await started(['hashed.bin'], Buffer.from('abc'));
+      expect(await storedRecord(record.id)).toMatchObject({ version: 1, sha256: null, delivered: false });
+      const sha256 = 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad';
+      await storage.updateSession(record.id, { sha256, delivered: true });
+      expect(await storedRecord(record.id)).toMatchObject({ version: 1, sha256, delivered: true });
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject({ sha256, delivered: true });
+    });
+
+    it('loads a record written before sha256 and delivered existed, and adds them on the next write', async () => {
+      const record = await started(['old.bin'], Buffer.from('old'));
+      await plantRecord(record.id, ({ sha256: _sha256, delivered: _delivered, ...older }) => older);
+      expect(await storedRecord(record.id)).not.toHaveProperty('delivered');
+
+      const restarted = new FileSystemStorage({ directory: root });
+      const loaded = await restarted.getSession(record.id);
+      expect(loaded).toEqual({ ...record, totalLength: 3, receivedLength: 3, updatedAt: loaded?.updatedAt, sha256: undefined, delivered: false });
+      const listed: SessionRecord[] = [];
+      for await (const r of restarted.listSessions()) listed.push(r);
+      expect(listed).toEqual([loaded]);
+      await expect(restarted.recover()).resolves.toEqual({ orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 });
+
+      await restarted.updateSession(record.id, { delivered: true });
+      expect(await storedRecord(record.id)).toMatchObject({ version: 1, sha256: null, delivered: true });
+    });
+
+    it.each([
+      ['a sha256 that is not a string', { sha256: 42 }],
+      ['a delivered flag that is not a boolean', { delivered: 'yes' }],
+    ])('treats a record with %s as corrupt', async (_label, patch) => {
+      const record = await started(['bad.bin']);
+      await plantRecord(record.id, (stored) => ({ ...stored, ...patch }));
+      await expect(storage.getSession(record.id)).rejects.toThrow(/Corrupt session record.*bad (sha256|delivered)/);
+    });
+
+    it('forgets the SHA-256 when the data file turns out shorter than recorded', async () => {
+      const record = await started(['short.bin'], bytes(100));
+      await storage.updateSession(record.id, { sha256: 'a'.repeat(64) });
+      await fs.truncate(dataFile(record.id), 40);
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ receivedLength: 40, sha256: undefined });
+    });
+  });
+
+  describe('readData', () => {
+    it('streams the data file up to the record, without an unrecorded crash tail', async () => {
+      const content = bytes(1000);
+      const record = await started(['tail.bin'], content);
+      await fs.appendFile(dataFile(record.id), Buffer.alloc(500, 0xee));
+      expect((await readAll(await storage.readData(record.id, 0))).equals(content)).toBe(true);
+      expect((await readAll(await storage.readData(record.id, 999))).equals(content.subarray(999))).toBe(true);
+    });
+
+    it('streams only what is on disk when the data file is shorter than recorded', async () => {
+      const content = bytes(1000);
+      const record = await started(['short.bin'], content);
+      await fs.truncate(dataFile(record.id), 600);
+      expect((await readAll(await storage.readData(record.id, 100))).equals(content.subarray(100, 600))).toBe(true);
+      await expect(storage.readData(record.id, 601)).rejects.toThrow(RangeError);
+    });
+
+    it('rejects offsets outside 0..receivedLength with a RangeError', async () => {
+      const record = await started(['range.bin'], bytes(10));
+      for (const start of [-1, 11, 1.5, Number.NaN]) await expect(storage.readData(record.id, start)).rejects.toThrow(RangeError);
+    });
+
+    it('rejects sessions that are no longer receiving', async () => {
+      const committed = await started(['done.bin'], Buffer.from('done'));
+      await storage.commit(committed.id, { overwrite: false });
+      await expect(storage.readData(committed.id, 0)).rejects.toThrow(/is complete/);
+      const cancelled = await started(['gone.bin'], Buffer.from('gone'));
+      await storage.endSession(cancelled.id, 'cancelled', Date.now());
+      await expect(storage.readData(cancelled.id, 0)).rejects.toThrow(/is cancelled/);
+    });
+
+    it('rejects, rather than failing the stream, when an interrupted commit moved the data', async () => {
+      const record = await started(['moved.bin'], Buffer.from('content'));
+      await plantRecord(record.id, (stored) => ({ ...stored, committing: true }));
+      await fs.rename(dataFile(record.id), path.join(root, 'moved.bin'));
+      await expect(storage.readData(record.id, 0)).rejects.toThrow(/interrupted commit/);
+    });
+  });
+
+  describe('recover', () => {
+    const nothing = { orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 };
+    const sessionsRoot = (): string => path.join(root, '.bits-sessions');
+    /** Sessions that are fine, and what their folders hold, to prove recover() leaves them alone. */
+    let healthy: { ids: string[]; records: (SessionRecord | undefined)[]; folders: unknown[] };
+
+    async function folderSnapshot(id: string): Promise<unknown> {
+      const dir = sessionDir(id);
+      const names = (await fs.readdir(dir)).sort();
+      return Promise.all(
+        names.map(async (name) => {
+          const stats = await fs.stat(path.join(dir, name));
+          return { name, ino: stats.ino, mtimeMs: stats.mtimeMs, content: (await fs.readFile(path.join(dir, name))).toString('base64') };
+        }),
+      );
+    }
+
+    beforeEach(async () => {
+      const receiving = await started(['fine', 'receiving.bin']);
+      await storage.updateSession(receiving.id, { totalLength: 5000 });
+      await storage.writeFragment(receiving.id, 0, body(bytes(3000)));
+      const empty = await started(['fine', 'empty.bin']);
+      const complete = await started(['fine', 'complete.bin'], Buffer.from('complete'));
+      await storage.updateSession(complete.id, { sha256: 'c'.repeat(64) });
+      await storage.commit(complete.id, { overwrite: false });
+      await storage.updateSession(complete.id, { delivered: true });
+      const closed = await started(['fine', 'closed.bin'], Buffer.from('closed'));
+      await storage.commit(closed.id, { overwrite: false });
+      await storage.endSession(closed.id, 'closed', Date.now());
+      const cancelled = await started(['fine', 'cancelled.bin'], Buffer.from('partial'));
+      await storage.endSession(cancelled.id, 'cancelled', Date.now());
+      const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id];
+      healthy = {
+        ids,
+        records: await Promise.all(ids.map((id) => storage.getSession(id))),
+        folders: await Promise.all(ids.map(folderSnapshot)),
+      };
+    });
+
+    /** recover() on a fresh instance, as at start-up; then checks that the fine sessions were not touched. */
+    async function recover(): Promise<unknown> {
+      const restarted = new FileSystemStorage({ directory: root });
+      const report = await restarted.recover();
+      expect(await Promise.all(healthy.ids.map(folderSnapshot))).toEqual(healthy.folders);
+      expect(await Promise.all(healthy.ids.map((id) => restarted.getSession(id)))).toEqual(healthy.records);
+      expect((await fs.readFile(path.join(root, 'fine', 'complete.bin'))).toString()).toBe('complete');
+      expect((await fs.readFile(path.join(root, 'fine', 'closed.bin'))).toString()).toBe('closed');
+      // A second run finds nothing more.
+      await expect(new FileSystemStorage({ directory: root }).recover()).resolves.toEqual(nothing);
+      return report;
+    }
+
+    it('changes nothing in a healthy store', async () => {
+      await expect(recover()).resolves.toEqual(nothing);
+    });
+
+    it('removes a session folder that holds only a data file (a crash inside createSession)', async () => {
+      const orphan = path.join(sessionsRoot(), `{${randomUUID().toUpperCase()}}`);
+      await fs.mkdir(orphan);
+      await fs.writeFile(path.join(orphan, 'data'), bytes(100));
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(orphan)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('removes a session folder whose first record never got its name (only record.json.tmp)', async () => {
+      const orphan = path.join(sessionsRoot(), `{${randomUUID().toUpperCase()}}`);
+      await fs.mkdir(orphan);
+      await fs.writeFile(path.join(orphan, 'data'), '');
+      await fs.writeFile(path.join(orphan, 'record.json.tmp'), '{"version":1');
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(orphan)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it.each([
+      ['corrupt JSON', async (dir: string) => fs.writeFile(path.join(dir, 'record.json'), '{ not json')],
+      ['an empty record.json', async (dir: string) => fs.writeFile(path.join(dir, 'record.json'), '')],
+      ['a record without its fields', async (dir: string) => fs.writeFile(path.join(dir, 'record.json'), '{"version":1}')],
+      ['a record.json that is a folder', async (dir: string) => fs.mkdir(path.join(dir, 'record.json'))],
+      ['nothing at all', async () => undefined],
+    ])('removes a session folder with %s', async (_label, plant) => {
+      const orphan = path.join(sessionsRoot(), 'junk');
+      await fs.mkdir(orphan);
+      await fs.writeFile(path.join(orphan, 'data'), bytes(10));
+      await plant(orphan);
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(orphan)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('removes a folder holding the record of another id, which nothing can reach', async () => {
+      const record = await started(['copied.bin'], bytes(10));
+      const copy = path.join(sessionsRoot(), `{${randomUUID().toUpperCase()}}`);
+      await fs.cp(sessionDir(record.id), copy, { recursive: true });
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(copy)).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ receivedLength: 10 });
+    });
+
+    it('removes a stray record.json.tmp and leaves its session as it was', async () => {
+      const record = await started(['stray.bin'], bytes(50));
+      const recordBefore = await fs.readFile(path.join(sessionDir(record.id), 'record.json'));
+      await fs.writeFile(path.join(sessionDir(record.id), 'record.json.tmp'), '{"version":1,"half');
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      expect(await fs.readdir(sessionDir(record.id))).toEqual(expect.arrayContaining(['data', 'record.json']));
+      expect(await fs.readdir(sessionDir(record.id))).toHaveLength(2);
+      expect((await fs.readFile(path.join(sessionDir(record.id), 'record.json'))).equals(recordBefore)).toBe(true);
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ receivedLength: 50 });
+    });
+
+    it('removes the leftover data of a session that is no longer receiving', async () => {
+      const record = await started(['ended.bin'], bytes(50));
+      await storage.endSession(record.id, 'cancelled', Date.now());
+      await fs.writeFile(dataFile(record.id), bytes(50));
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(dataFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'cancelled' });
+    });
+
+    it('leaves a record of a newer format version, and files that are not session folders, alone', async () => {
+      const record = await started(['future.bin'], bytes(10));
+      await plantRecord(record.id, (stored) => ({ ...stored, version: 2, somethingNew: true }));
+      await fs.writeFile(path.join(sessionsRoot(), 'README'), 'not a session');
+      await expect(recover()).resolves.toEqual(nothing);
+      expect(await storedRecord(record.id)).toMatchObject({ version: 2 });
+      expect((await fs.readFile(dataFile(record.id))).length).toBe(10);
+      expect((await fs.readFile(path.join(sessionsRoot(), 'README'))).toString()).toBe('not a session');
+    });
+
+    it('repairs a record whose data file is missing: 0 bytes, an empty data file, the total kept', async () => {
+      const content = bytes(400);
+      const record = await started(['lost.bin'], content);
+      await storage.updateSession(record.id, { sha256: 'd'.repeat(64) });
+      await fs.rm(dataFile(record.id));
+      await expect(recover()).resolves.toEqual({ ...nothing, recordsRepaired: 1 });
+      expect(await storedRecord(record.id)).toMatchObject({ receivedLength: 0, totalLength: 400, state: 'receiving', sha256: null });
+      expect((await fs.stat(dataFile(record.id))).size).toBe(0);
+      // The client resends everything (bits-protocol.md §6.3) and the upload completes.
+      await expect(storage.writeFragment(record.id, 0, body(content))).resolves.toBe(400);
+      await storage.commit(record.id, { overwrite: false });
+      expect((await fs.readFile(path.join(root, 'lost.bin'))).equals(content)).toBe(true);
+    });
+
+    it('repairs a record claiming more bytes than the data file holds', async () => {
+      const content = bytes(400);
+      const record = await started(['short.bin'], content);
+      await fs.truncate(dataFile(record.id), 150);
+      await expect(recover()).resolves.toEqual({ ...nothing, recordsRepaired: 1 });
+      expect(await storedRecord(record.id)).toMatchObject({ receivedLength: 150, totalLength: 400 });
+      await expect(storage.writeFragment(record.id, 150, body(content.subarray(150)))).resolves.toBe(400);
+      await storage.commit(record.id, { overwrite: false });
+      expect((await fs.readFile(path.join(root, 'short.bin'))).equals(content)).toBe(true);
+    });
+
+    it('cuts a data file longer than the record back to it, without counting or rewriting the record', async () => {
+      const content = bytes(400);
+      const record = await started(['long.bin'], content);
+      const recordStats = await fs.stat(path.join(sessionDir(record.id), 'record.json'));
+      await fs.appendFile(dataFile(record.id), Buffer.alloc(1000, 0xee));
+      await expect(recover()).resolves.toEqual(nothing);
+      expect((await fs.readFile(dataFile(record.id))).equals(content)).toBe(true);
+      const after = await fs.stat(path.join(sessionDir(record.id), 'record.json'));
+      expect({ ino: after.ino, mtimeMs: after.mtimeMs }).toEqual({ ino: recordStats.ino, mtimeMs: recordStats.mtimeMs });
+    });
+
+    describe('interrupted commits', () => {
+      async function committing(name: string, content: Buffer, overwrite?: boolean): Promise<SessionRecord> {
+        const record = await started([name], content);
+        await plantRecord(record.id, (stored) => ({
+          ...stored,
+          committing: true,
+          ...(overwrite !== undefined && { commitOverwrite: overwrite }),
+        }));
+        return record;
+      }
+
+      async function expectComplete(id: string, name: string, content: Buffer): Promise<void> {
+        const stored = await storedRecord(id);
+        expect(stored).toMatchObject({ state: 'complete', receivedLength: content.length });
+        expect(stored).not.toHaveProperty('committing');
+        await expect(fs.stat(dataFile(id))).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await fs.readFile(path.join(root, name))).equals(content)).toBe(true);
+      }
+
+      it('moves data still in the session folder to the destination and marks the session complete', async () => {
+        const content = bytes(300);
+        const record = await committing('in-session.bin', content, false);
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 1 });
+        await expectComplete(record.id, 'in-session.bin', content);
+      });
+
+      it('only marks complete when the data is already at the destination', async () => {
+        const content = bytes(300);
+        const record = await committing('moved.bin', content);
+        await fs.rename(dataFile(record.id), path.join(root, 'moved.bin'));
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 1 });
+        await expectComplete(record.id, 'moved.bin', content);
+      });
+
+      it('finishes a commit that had linked the data but not removed the session name', async () => {
+        const content = bytes(300);
+        const record = await committing('linked.bin', content, false);
+        await fs.link(dataFile(record.id), path.join(root, 'linked.bin'));
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 1 });
+        await expectComplete(record.id, 'linked.bin', content);
+      });
+
+      it('finishes an overwriting commit, replacing the old file', async () => {
+        await fs.writeFile(path.join(root, 'replaced.bin'), 'old');
+        const content = bytes(300);
+        const record = await committing('replaced.bin', content, true);
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 1 });
+        await expectComplete(record.id, 'replaced.bin', content);
+      });
+
+      it('publishes no unrecorded tail', async () => {
+        const content = bytes(300);
+        const record = await committing('tail.bin', content, false);
+        await fs.appendFile(dataFile(record.id), 'tail');
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 1 });
+        await expectComplete(record.id, 'tail.bin', content);
+      });
+
+      it('leaves the commit to the middleware when another file is at the destination and overwrite was off', async () => {
+        await fs.writeFile(path.join(root, 'taken.bin'), 'someone else');
+        const content = bytes(300);
+        // A marker from before commitOverwrite existed counts as overwrite off.
+        const record = await committing('taken.bin', content);
+        await expect(recover()).resolves.toEqual(nothing);
+        expect(await storedRecord(record.id)).toMatchObject({ state: 'receiving', committing: true });
+        expect((await fs.readFile(path.join(root, 'taken.bin'))).toString()).toBe('someone else');
+        await storage.commit(record.id, { overwrite: true });
+        await expectComplete(record.id, 'taken.bin', content);
+      });
+
+      it('resets the session when its data is neither in the session nor at the destination', async () => {
+        const record = await committing('vanished.bin', bytes(300), false);
+        await fs.rm(dataFile(record.id));
+        await expect(recover()).resolves.toEqual({ ...nothing, recordsRepaired: 1 });
+        const stored = await storedRecord(record.id);
+        expect(stored).toMatchObject({ state: 'receiving', receivedLength: 0, totalLength: 300 });
+        expect(stored).not.toHaveProperty('committing');
+        expect((await fs.stat(dataFile(record.id))).size).toBe(0);
+      });
+
+      it('repairs rather than publishes data shorter than recorded', async () => {
+        const record = await committing('cut.bin', bytes(300), false);
+        await fs.truncate(dataFile(record.id), 120);
+        await expect(recover()).resolves.toEqual({ ...nothing, recordsRepaired: 1 });
+        expect(await storedRecord(record.id)).toMatchObject({ state: 'receiving', receivedLength: 120 });
+        await expect(fs.stat(path.join(root, 'cut.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+      });
+    });
+
+    it('repairs everything at once and reports the sum', async () => {
+      const onlyData = path.join(sessionsRoot(), `{${randomUUID().toUpperCase()}}`);
+      await fs.mkdir(onlyData);
+      await fs.writeFile(path.join(onlyData, 'data'), bytes(10));
+      const corrupt = path.join(sessionsRoot(), `{${randomUUID().toUpperCase()}}`);
+      await fs.mkdir(corrupt);
+      await fs.writeFile(path.join(corrupt, 'record.json'), '{');
+      const stray = await started(['stray.bin'], bytes(10));
+      await fs.writeFile(path.join(sessionDir(stray.id), 'record.json.tmp'), '');
+      const noData = await started(['no-data.bin'], bytes(10));
+      await fs.rm(dataFile(noData.id));
+      const shorter = await started(['shorter.bin'], bytes(10));
+      await fs.truncate(dataFile(shorter.id), 4);
+      const longer = await started(['longer.bin'], bytes(10));
+      await fs.appendFile(dataFile(longer.id), 'xx');
+      const inFolder = await started(['in-folder.bin'], bytes(10));
+      await plantRecord(inFolder.id, (stored) => ({ ...stored, committing: true, commitOverwrite: false }));
+      const atDestination = await started(['at-destination.bin'], bytes(10));
+      await plantRecord(atDestination.id, (stored) => ({ ...stored, committing: true, commitOverwrite: false }));
+      await fs.rename(dataFile(atDestination.id), path.join(root, 'at-destination.bin'));
+
+      await expect(recover()).resolves.toEqual({ orphansRemoved: 3, recordsRepaired: 2, commitsFinished: 2 });
+      const states = await Promise.all(
+        [stray, noData, shorter, longer, inFolder, atDestination].map(async ({ id }) => {
+          const record = await storage.getSession(id);
+          return [record?.state, record?.receivedLength];
+        }),
+      );
+      expect(states).toEqual([
+        ['receiving', 10],
+        ['receiving', 0],
+        ['receiving', 4],
+        ['receiving', 10],
+        ['complete', 10],
+        ['complete', 10],
+      ]);
+      expect((await fs.stat(dataFile(longer.id))).size).toBe(10);
+    });
+  });
+
   describe('destinations that leave the root', () => {
     const invalid = { name: 'InvalidDestinationError', code: 'BITS_INVALID_DESTINATION' };
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { MemoryStorage, runStorageAdapterConformance } from '../../lib/storage';
-import type { Destination, NewSession } from '../../lib/storage';
+import type { Destination, NewSession, StorageAdapter } from '../../lib/storage';
 
 runStorageAdapterConformance('MemoryStorage', async () => {
   const adapter = new MemoryStorage();
@@ -74,6 +74,39 @@ describe('MemoryStorage', () => {
     const storage = new MemoryStorage({ files: { plain: 'x' } });
     const session = await storage.createSession(newSession(['plain', 'child.bin']));
     await expect(storage.commit(session.id, { overwrite: true })).rejects.toMatchObject({ code: 'ENOTDIR' });
+  });
+
+  it('has no recover(): nothing survives a restart', () => {
+    expect((new MemoryStorage() as StorageAdapter).recover).toBeUndefined();
+  });
+
+  describe('readData', () => {
+    async function readAll(stream: Readable): Promise<Buffer> {
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+      return Buffer.concat(chunks);
+    }
+
+    it('streams copies, and only the bytes stored when it was called', async () => {
+      const storage = new MemoryStorage();
+      const session = await storage.createSession(newSession(['a.bin']));
+      await storage.writeFragment(session.id, 0, Readable.from([Buffer.from('hello ')]));
+      const stream = await storage.readData(session.id, 2);
+      await storage.writeFragment(session.id, 6, Readable.from([Buffer.from('world')]));
+      const read = await readAll(stream);
+      expect(read.toString()).toBe('llo ');
+      read.fill(0);
+      expect((await readAll(await storage.readData(session.id, 0))).toString()).toBe('hello world');
+    });
+
+    it('rejects offsets outside 0..receivedLength and sessions that are no longer receiving', async () => {
+      const storage = new MemoryStorage();
+      const session = await storage.createSession(newSession(['b.bin']));
+      await storage.writeFragment(session.id, 0, Readable.from([Buffer.from('abc')]));
+      for (const start of [-1, 4, 0.5]) await expect(storage.readData(session.id, start)).rejects.toThrow(RangeError);
+      await storage.commit(session.id, { overwrite: false });
+      await expect(storage.readData(session.id, 0)).rejects.toThrow(/is complete/);
+    });
   });
 
   it('refuses a non-object options argument with a TypeError', () => {

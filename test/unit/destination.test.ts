@@ -1,5 +1,5 @@
 /** bits-protocol.md §3.2 step 2: request-target → Destination, refusing anything that could escape or confuse. */
-import { parseDestination } from '../../lib/protocol/destination';
+import { checkDestination, parseDestination } from '../../lib/protocol/destination';
 
 describe('valid destinations', () => {
   test.each([
@@ -104,5 +104,33 @@ describe('rejected with 400 + E_INVALIDARG', () => {
     expect(() => parseDestination(target)).toThrow(
       expect.objectContaining({ code: 'BITS_INVALID_DESTINATION', status: 400, hresult: 0x80070057 }),
     );
+  });
+});
+
+describe('checkDestination: what the destination hook returns gets the URL rules (§3.2 step 2)', () => {
+  test('valid names are taken over, frozen, as a copy', () => {
+    const names = ['incoming', '2024', 'report final.bin'];
+    const checked = checkDestination(names);
+    expect(checked).toEqual(names);
+    expect(checked).not.toBe(names);
+    expect(Object.isFrozen(checked)).toBe(true);
+  });
+
+  test.each([
+    ['not an array', 'a/b'],
+    ['an empty array', []],
+    ['an empty name', ['a', '']],
+    ['a non-string name', ['a', 1]],
+    ['dot dot', ['..']],
+    ['a slash in a name', ['a/b']],
+    ['a backslash in a name', ['a\\b']],
+    ['NUL', ['a\u0000b']],
+    ['a drive letter', ['C:']],
+    ['a device name', ['com1.txt']],
+    ['a trailing dot', ['a.']],
+    ['a name over 255 bytes', ['é'.repeat(128)]],
+    ['the session folder', ['.BITS-Sessions']],
+  ])('%s → 400 + E_INVALIDARG', (_name, value) => {
+    expect(() => checkDestination(value)).toThrow(expect.objectContaining({ code: 'BITS_INVALID_DESTINATION', status: 400 }));
   });
 });

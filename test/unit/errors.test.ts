@@ -27,6 +27,8 @@ test.each([
   ['bodyConsumed', errors.bodyConsumed(), 500, 0x80004005],
   ['diskFull', errors.diskFull(new Error('x')), 500, 0x80070070],
   ['internalError', errors.internalError(new Error('x')), 500, 0x80004005],
+  ['tooManySessions', errors.tooManySessions('x'), 503, 0x80070045],
+  ['shuttingDown', errors.shuttingDown(), 503, 0x80004005],
 ])('%s → %d %s', (_name, error, status, hresult) => {
   expect(error).toBeInstanceOf(BitsError);
   expect(error).toBeInstanceOf(Error);
@@ -62,4 +64,57 @@ test('a BitsError passes through unchanged; internal errors keep their cause', (
   expect(toBitsError(error)).toBe(error);
   const cause = new Error('disk on fire');
   expect(toBitsError(cause).cause).toBe(cause);
+});
+
+describe('application verdicts (§8.4, §12)', () => {
+  test.each([
+    [{ status: 403 }, 403, 0x80070005],
+    [{ status: 401 }, 401, 0x80070005],
+    [{ status: 429 }, 429, 0x80004005],
+    [{ status: 503, errorCode: 0x80070045 }, 503, 0x80070045],
+    [{ status: 400, errorCode: -2147024809 }, 400, -2147024809],
+  ])('refused(%o) → %d, %d, context 0x5', (refusal, status, hresult) => {
+    const error = errors.refused(refusal);
+    expect(error).toMatchObject({ code: 'BITS_REFUSED', status, hresult, context: 0x5 });
+  });
+
+  test.each([[{ status: 399 }], [{ status: 600 }], [{ status: '403' }], [{ status: 403, errorCode: 2 ** 32 }], [null], ['x']])(
+    'refused(%p) is a failing hook',
+    (refusal) => {
+      expect(() => errors.refused(refusal)).toThrow(expect.objectContaining({ code: 'BITS_APPLICATION_ERROR', status: 500, context: 0x7 }));
+    },
+  );
+
+  test.each([
+    [Object.assign(new Error('x'), { status: 503 }), 503, 0x80004005],
+    [Object.assign(new Error('x'), { status: 404, errorCode: 0x80070002 }), 404, 0x80070002],
+    [Object.assign(new Error('x'), { status: 200 }), 500, 0x80004005],
+    [Object.assign(new Error('x'), { status: 503.5 }), 500, 0x80004005],
+    [new Error('x'), 500, 0x80004005],
+    ['a string', 500, 0x80004005],
+  ])('applicationError(%p) → %d, %d, context 0x7', (cause, status, hresult) => {
+    const error = errors.applicationError(cause);
+    expect(error).toMatchObject({ code: 'BITS_APPLICATION_ERROR', status, hresult, context: 0x7, cause });
+    expect(errors.applicationError(error)).toBe(error);
+  });
+
+  test('the application decides the wire form; the table keeps the defaults', () => {
+    expect(BITS_ERRORS.BITS_REFUSED).toEqual({ status: 403, hresult: 0x80070005 });
+    expect(BITS_ERRORS.BITS_APPLICATION_ERROR).toEqual({ status: 500, hresult: 0x80004005 });
+  });
+});
+
+test.each([
+  ['BITS_DISK_FULL', errors.diskFull(new Error('x')), true],
+  ['BITS_INTERNAL', errors.internalError(new Error('x')), true],
+  ['BITS_BODY_CONSUMED', errors.bodyConsumed(), true],
+  ['BITS_APPLICATION_ERROR', errors.applicationError(new Error('x')), true],
+  ['BITS_SESSION_NOT_FOUND', errors.sessionNotFound('{X}'), false],
+  ['BITS_UPLOAD_TOO_LARGE', errors.uploadTooLarge(2, 1), false],
+  ['BITS_TOO_MANY_SESSIONS', errors.tooManySessions('x'), false],
+  ['BITS_SHUTTING_DOWN', errors.shuttingDown(), false],
+  ['BITS_REFUSED', errors.refused({ status: 403 }), false],
+  ['BITS_BAD_REQUEST', errors.badRequest('x'), false],
+])('isServerFault(%s) → %s', (_code, error, fault) => {
+  expect(errors.isServerFault(error)).toBe(fault);
 });

@@ -1,4 +1,5 @@
 /** The fragment body stream: skipping held bytes (§6.3 case B) and detecting short bodies. */
+import { createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { FragmentBody, readFragmentBody } from '../../lib/protocol/fragment-body';
 
@@ -60,4 +61,12 @@ test('readFragmentBody: detach leaves the rest of the source unread', async () =
   source.end(Buffer.from('0123456789'));
   expect(await collect(source)).toBe('0123456789');
   expect(body.forwarded).toBe(0);
+});
+
+test('a hash is fed exactly the bytes handed on, skipped ones left out', async () => {
+  const hash = createHash('sha256');
+  const body = new FragmentBody(3, 10, hash);
+  Readable.from([Buffer.from('01'), Buffer.from('2345'), Buffer.from('6789')]).pipe(body);
+  expect(await collect(body)).toBe('3456789');
+  expect(hash.digest('hex')).toBe(createHash('sha256').update('3456789').digest('hex'));
 });

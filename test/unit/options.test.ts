@@ -2,6 +2,7 @@
 import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { DEFAULT_OPTIONS, missingStorageMethods, REQUIRED_STORAGE_METHODS, resolveOptions } from '../../lib/options';
+import { defaultPrincipal } from '../../lib/protocol/principal';
 import { FileSystemStorage } from '../../lib/storage/filesystem';
 import { StubStorage } from '../helpers/stub-storage';
 
@@ -14,9 +15,17 @@ test('defaults', () => {
     maxFragmentSize: 16 * 1024 * 1024,
     allowOverwrites: false,
     sessionTimeout: 14 * 24 * 60 * 60 * 1000,
+    tombstoneTimeout: 24 * 60 * 60 * 1000,
+    cleanupInterval: 60 * 60 * 1000,
+    maxSessions: 10_000,
+    maxSessionsPerPrincipal: 50,
+    principal: defaultPrincipal,
     hostId: undefined,
     hostIdFallbackTimeout: 86_400,
     enabled: true,
+    onCreateSession: undefined,
+    destination: undefined,
+    onUploadComplete: undefined,
   });
   expect(DEFAULT_OPTIONS.maxFragmentSize).toBe(16_777_216);
 });
@@ -29,6 +38,10 @@ test('the result is frozen and the input untouched', () => {
 });
 
 test('every option is taken over', () => {
+  const principal = (): string => 'alice';
+  const onCreateSession = (): undefined => undefined;
+  const destination = (requested: readonly string[]): readonly string[] => requested;
+  const onUploadComplete = (): void => undefined;
   expect(
     resolveOptions({
       storage,
@@ -36,9 +49,17 @@ test('every option is taken over', () => {
       maxFragmentSize: 1,
       allowOverwrites: true,
       sessionTimeout: 1,
+      tombstoneTimeout: 2,
+      cleanupInterval: false,
+      maxSessions: 3,
+      maxSessionsPerPrincipal: 4,
+      principal,
       hostId: 'node7',
       hostIdFallbackTimeout: 0,
       enabled: false,
+      onCreateSession,
+      destination,
+      onUploadComplete,
     }),
   ).toEqual({
     storage,
@@ -46,10 +67,19 @@ test('every option is taken over', () => {
     maxFragmentSize: 1,
     allowOverwrites: true,
     sessionTimeout: 1,
+    tombstoneTimeout: 2,
+    cleanupInterval: false,
+    maxSessions: 3,
+    maxSessionsPerPrincipal: 4,
+    principal,
     hostId: 'node7',
     hostIdFallbackTimeout: 0,
     enabled: false,
+    onCreateSession,
+    destination,
+    onUploadComplete,
   });
+  expect(resolveOptions({ storage, cleanupInterval: 2 ** 31 - 1 }).cleanupInterval).toBe(2 ** 31 - 1);
 });
 
 test.each(['node7', 'bits.example.test', '10.0.0.7', '[2001:db8::7]', 'a'.repeat(300)])('hostId %s is accepted', (hostId) => {
@@ -99,6 +129,18 @@ describe('TypeErrors name the option, show the value and say the fix', () => {
     ['hostId of 301 characters', { storage, hostId: 'a'.repeat(301) }, /"hostId"/],
     ['numeric hostId', { storage, hostId: 7 }, /"hostId".*got 7/],
     ['fallback above a DWORD', { storage, hostId: 'h', hostIdFallbackTimeout: 2 ** 32 }, /"hostIdFallbackTimeout".*\(seconds\)/],
+    ['zero tombstoneTimeout', { storage, tombstoneTimeout: 0 }, /"tombstoneTimeout" must be an integer from 1 .*\(milliseconds\), got 0/],
+    ['string tombstoneTimeout', { storage, tombstoneTimeout: '1d' }, /"tombstoneTimeout".*got '1d'/],
+    ['cleanupInterval true', { storage, cleanupInterval: true }, /"cleanupInterval" must be an integer from 1 to 2147483647 \(milliseconds, or false\), got true/],
+    ['cleanupInterval beyond a timer', { storage, cleanupInterval: 2 ** 31 }, /"cleanupInterval"/],
+    ['zero cleanupInterval', { storage, cleanupInterval: 0 }, /"cleanupInterval"/],
+    ['zero maxSessions', { storage, maxSessions: 0 }, /"maxSessions" must be an integer from 1 .*\(sessions\), got 0. Omit it for the default of 10000/],
+    ['fractional maxSessionsPerPrincipal', { storage, maxSessionsPerPrincipal: 2.5 }, /"maxSessionsPerPrincipal".*got 2\.5.*default of 50/],
+    ['a principal that is a string', { storage, principal: 'user' }, /"principal" must be a function, got 'user'/],
+    ['an onCreateSession that is an object', { storage, onCreateSession: {} }, /"onCreateSession" must be a function, got \{\}/],
+    ['a destination that is an array', { storage, destination: ['a'] }, /"destination" must be a function/],
+    ['an onUploadComplete that is true', { storage, onUploadComplete: true }, /"onUploadComplete" must be a function, got true/],
+    ['a storage whose recover is not a method', { storage: Object.assign(new StubStorage(), { recover: 1 }) }, /"storage" has a "recover" that is not a method, got 1/],
   ])('%s', (_name, input, message) => {
     expect(() => resolveOptions(input)).toThrow(TypeError);
     expect(() => resolveOptions(input)).toThrow(message);
@@ -107,7 +149,7 @@ describe('TypeErrors name the option, show the value and say the fix', () => {
   test('a storage missing methods lists every missing one', () => {
     const partial = { createSession: async () => undefined, getSession: 'no' };
     expect(() => resolveOptions({ storage: partial })).toThrow(
-      /"storage" lacks the required methods getSession, updateSession, writeFragment, inspectDestination, commit, endSession, deleteSession, listSessions/,
+      /"storage" lacks the required methods getSession, updateSession, writeFragment, inspectDestination, commit, endSession, deleteSession, listSessions, readData/,
     );
     const withoutCommit = Object.fromEntries(
       REQUIRED_STORAGE_METHODS.filter((method) => method !== 'commit').map((method) => [method, () => undefined]),

@@ -1,0 +1,72 @@
+/** The open-session index behind maxSessions and maxSessionsPerPrincipal (bits-protocol.md §5.4). */
+import { OpenSessions } from '../../lib/lifecycle/open-sessions';
+import type { SessionRecord } from '../../lib/storage/adapter';
+
+const limits = { maxSessions: 3, maxSessionsPerPrincipal: 2 };
+
+function record(id: string, principal: string | undefined, state: SessionRecord['state'] = 'receiving'): SessionRecord {
+  return {
+    id,
+    destination: ['x'],
+    urlPath: '/x',
+    principal,
+    protocol: '{7df0354d-249b-430f-820d-3d2a9bef4931}',
+    totalLength: undefined,
+    receivedLength: 0,
+    state,
+    createdAt: 0,
+    updatedAt: 0,
+    sha256: undefined,
+    delivered: false,
+  };
+}
+
+async function* list(...records: SessionRecord[]): AsyncIterable<SessionRecord> {
+  yield* records;
+}
+
+const isOpen = (r: SessionRecord): boolean => r.state === 'receiving' || r.state === 'complete';
+
+test('admit counts in total and per principal; remove gives the place back and forgets empty principals', () => {
+  const index = new OpenSessions(limits);
+  index.admit('a1', 'alice');
+  index.admit('a2', 'alice');
+  expect(() => index.admit('a3', 'alice')).toThrow(expect.objectContaining({ code: 'BITS_TOO_MANY_SESSIONS', status: 503 }));
+  index.admit('n1', undefined);
+  expect(() => index.admit('b1', 'bob')).toThrow(/3 sessions are open, the limit is 3/);
+  expect(index.size).toBe(3);
+  index.remove('a1');
+  index.remove('a1');
+  index.remove('never');
+  expect(index.size).toBe(2);
+  expect(index.countOf('alice')).toBe(1);
+  index.remove('a2');
+  expect(index.countOf('alice')).toBe(0);
+  index.admit('b1', 'bob');
+});
+
+test('load keeps the open records, once', async () => {
+  const index = new OpenSessions(limits);
+  const records = jest.fn(() => list(record('a', 'alice'), record('b', 'alice', 'complete'), record('c', 'alice', 'closed')));
+  await index.load(records, isOpen);
+  await index.load(records, isOpen);
+  expect(records).toHaveBeenCalledTimes(1);
+  expect(index.size).toBe(2);
+  expect(index.countOf('alice')).toBe(2);
+});
+
+test('a failed load is retried; clear() forgets everything and loads again', async () => {
+  const index = new OpenSessions(limits);
+  const failing = async function* (): AsyncIterable<SessionRecord> {
+    yield record('a', 'alice');
+    throw new Error('unreadable');
+  };
+  await expect(index.load(failing, isOpen)).rejects.toThrow('unreadable');
+  expect(index.size).toBe(0);
+  await index.load(() => list(record('a', 'alice')), isOpen);
+  expect(index.size).toBe(1);
+  index.clear();
+  expect(index.size).toBe(0);
+  await index.load(() => list(record('b', 'bob')), isOpen);
+  expect(index.countOf('bob')).toBe(1);
+});
