@@ -20,6 +20,8 @@ export class OpenSessions {
   readonly #principals = new Map<string, string | undefined>();
   /** Open sessions per known principal; principals with none are not kept. */
   readonly #perPrincipal = new Map<string, number>();
+  /** Last progress known of every open session (from the records when last listed, or creation). */
+  readonly #lastProgress = new Map<string, number>();
   #loaded = false;
   #loading: Promise<void> | undefined;
   /** Sessions that ended while the records were being listed, removed from the listing's result. */
@@ -54,7 +56,23 @@ export class OpenSessions {
    *
    * @throws BitsError `BITS_TOO_MANY_SESSIONS` (503 + ERROR_TOO_MANY_SESS) when a limit is reached.
    */
-  admit(id: string, principal: string | undefined): void {
+  /**
+   * True when a session's last known progress is older than `timeout`: it may have expired, so a
+   * sweep could free a slot. Progress after the last listing is not seen; {@link refresh} updates it.
+   */
+  mayHaveExpired(now: number, timeout: number): boolean {
+    for (const updatedAt of this.#lastProgress.values()) {
+      if (now - updatedAt > timeout) return true;
+    }
+    return false;
+  }
+
+  /** Records the last progress of an open session, as a listing of the records saw it. */
+  refresh(id: string, updatedAt: number): void {
+    if (this.#lastProgress.has(id)) this.#lastProgress.set(id, updatedAt);
+  }
+
+  admit(id: string, principal: string | undefined, now: number): void {
     const { maxSessions, maxSessionsPerPrincipal } = this.limits;
     if (this.#principals.size >= maxSessions) {
       throw tooManySessions(`${this.#principals.size} sessions are open, the limit is ${maxSessions}`);
@@ -62,7 +80,7 @@ export class OpenSessions {
     if (principal !== undefined && this.countOf(principal) >= maxSessionsPerPrincipal) {
       throw tooManySessions(`${JSON.stringify(principal)} has ${maxSessionsPerPrincipal} open sessions, the limit`);
     }
-    this.#add(id, principal);
+    this.#add(id, principal, now);
   }
 
   /** Forgets a session that was closed, cancelled, expired or never created. */
@@ -71,6 +89,7 @@ export class OpenSessions {
     if (!this.#principals.has(id)) return;
     const principal = this.#principals.get(id);
     this.#principals.delete(id);
+    this.#lastProgress.delete(id);
     if (principal === undefined) return;
     const left = this.countOf(principal) - 1;
     if (left > 0) this.#perPrincipal.set(principal, left);
@@ -81,28 +100,30 @@ export class OpenSessions {
   clear(): void {
     this.#principals.clear();
     this.#perPrincipal.clear();
+    this.#lastProgress.clear();
     this.#loaded = false;
   }
 
   async #fill(records: () => AsyncIterable<SessionRecord>, isOpen: (record: SessionRecord) => boolean): Promise<void> {
     const ended = new Set<string>();
     this.#endedWhileLoading = ended;
-    const found = new Map<string, string | undefined>();
+    const found = new Map<string, SessionRecord>();
     try {
       for await (const record of records()) {
-        if (isOpen(record)) found.set(record.id, record.principal);
+        if (isOpen(record)) found.set(record.id, record);
       }
     } finally {
       this.#endedWhileLoading = undefined;
     }
-    for (const [id, principal] of found) {
-      if (!ended.has(id)) this.#add(id, principal);
+    for (const [id, record] of found) {
+      if (!ended.has(id)) this.#add(id, record.principal, record.updatedAt);
     }
     this.#loaded = true;
   }
 
-  #add(id: string, principal: string | undefined): void {
+  #add(id: string, principal: string | undefined, updatedAt: number): void {
     this.#principals.set(id, principal);
+    this.#lastProgress.set(id, updatedAt);
     if (principal !== undefined) this.#perPrincipal.set(principal, this.countOf(principal) + 1);
   }
 }

@@ -130,12 +130,15 @@ export class UploadRuntime {
       (record) => !isTombstone(record) && !isExpired(record, this.options, now),
     );
     try {
-      this.openSessions.admit(id, principal);
+      this.openSessions.admit(id, principal, now);
     } catch (error) {
-      // Sessions that expired since the last sweep must not hold a slot: sweep, then count again.
+      // A session that expired since the last sweep must not hold a slot: sweep, then count again.
+      // Only when the index knows a session that may have expired (the sweep refreshes what it
+      // knows), so clients retrying at their limit cannot make every refusal list the storage.
       if (!(error instanceof BitsError) || error.code !== 'BITS_TOO_MANY_SESSIONS') throw error;
+      if (!this.openSessions.mayHaveExpired(now, this.options.sessionTimeout)) throw error;
       if ((await this.cleanupExpired(now)) === 0) throw error;
-      this.openSessions.admit(id, principal);
+      this.openSessions.admit(id, principal, now);
     }
   }
 
@@ -167,6 +170,7 @@ export class UploadRuntime {
     const candidates: string[] = [];
     for await (const record of storage.listSessions()) {
       if (isExpired(record, this.options, now)) candidates.push(record.id);
+      else this.openSessions.refresh(record.id, record.updatedAt);
     }
     let expired = 0;
     for (const id of candidates) {

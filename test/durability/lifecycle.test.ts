@@ -14,6 +14,7 @@ import express from 'express';
 import type { CompletedUpload, FailureInfo, SessionInfo } from '../../lib/events';
 import { bitsUpload, type BitsUploadMiddleware } from '../../lib/middleware';
 import type { BitsUploadOptions } from '../../lib/options';
+import type { RecoveryReport } from '../../lib/storage/adapter';
 import {
   BITS_PROTOCOL,
   BitsClient,
@@ -99,11 +100,13 @@ async function serveEndpoints(endpoints: readonly Endpoint[]): Promise<InProcess
 }
 
 /** One middleware at `/up` over a FileSystemStorage of `directory`. */
-async function startOne(options: BitsUploadOptions): Promise<{ middleware: BitsUploadMiddleware; port: number }> {
+async function startOne(
+  options: BitsUploadOptions,
+): Promise<{ middleware: BitsUploadMiddleware; port: number; recovery: RecoveryReport | undefined }> {
   const middleware = bitsUpload(options);
   const { server } = await serveEndpoints([{ middleware, mount: '/up' }]);
-  await middleware.ready();
-  return { middleware, port: server.port };
+  const recovery = await middleware.ready();
+  return { middleware, port: server.port, recovery };
 }
 
 function newClient(port: number): BitsClient {
@@ -451,12 +454,17 @@ describe('start-up reconciliation', () => {
       })}\n`,
     );
 
-    const { middleware, port } = await startOne({ directory: root });
+    const { middleware, port, recovery } = await startOne({ directory: root });
+    // Removed: the two orphan folders and the half-written record; repaired: the record without data.
+    expect(recovery).toEqual({ orphansRemoved: 3, recordsRepaired: 1, commitsFinished: 0 });
     const log = eventLog(middleware);
     const folders = await sessionFolders(root);
     expect(folders).not.toContain(dataOnly);
     expect(folders).not.toContain(corrupt);
     expect(folders).toContain(good);
+    // The crash tail is cut back to the acknowledged bytes; the half-written record is gone.
+    expect((await fsp.stat(path.join(sessions, good, 'data'))).size).toBe(100 * KiB);
+    expect(await exists(path.join(sessions, good, 'record.json.tmp'))).toBe(false);
     const client = newClient(port);
 
     // The record without data vouches for bytes nobody holds: it is gone, or reports none of them.

@@ -29,11 +29,11 @@ const isOpen = (r: SessionRecord): boolean => r.state === 'receiving' || r.state
 
 test('admit counts in total and per principal; remove gives the place back and forgets empty principals', () => {
   const index = new OpenSessions(limits);
-  index.admit('a1', 'alice');
-  index.admit('a2', 'alice');
-  expect(() => index.admit('a3', 'alice')).toThrow(expect.objectContaining({ code: 'BITS_TOO_MANY_SESSIONS', status: 503 }));
-  index.admit('n1', undefined);
-  expect(() => index.admit('b1', 'bob')).toThrow(/3 sessions are open, the limit is 3/);
+  index.admit('a1', 'alice', 0);
+  index.admit('a2', 'alice', 0);
+  expect(() => index.admit('a3', 'alice', 0)).toThrow(expect.objectContaining({ code: 'BITS_TOO_MANY_SESSIONS', status: 503 }));
+  index.admit('n1', undefined, 0);
+  expect(() => index.admit('b1', 'bob', 0)).toThrow(/3 sessions are open, the limit is 3/);
   expect(index.size).toBe(3);
   index.remove('a1');
   index.remove('a1');
@@ -42,7 +42,7 @@ test('admit counts in total and per principal; remove gives the place back and f
   expect(index.countOf('alice')).toBe(1);
   index.remove('a2');
   expect(index.countOf('alice')).toBe(0);
-  index.admit('b1', 'bob');
+  index.admit('b1', 'bob', 0);
 });
 
 test('load keeps the open records, once', async () => {
@@ -69,4 +69,18 @@ test('a failed load is retried; clear() forgets everything and loads again', asy
   expect(index.size).toBe(0);
   await index.load(() => list(record('b', 'bob')), isOpen);
   expect(index.countOf('bob')).toBe(1);
+});
+
+test('mayHaveExpired looks at the last progress known of each open session; refresh updates it', () => {
+  const index = new OpenSessions({ maxSessions: 10, maxSessionsPerPrincipal: 10 });
+  index.admit('a1', 'alice', 1_000);
+  index.admit('a2', 'alice', 5_000);
+  expect(index.mayHaveExpired(5_000, 3_000)).toBe(true);
+  index.refresh('a1', 4_000);
+  expect(index.mayHaveExpired(5_000, 3_000)).toBe(false);
+  index.refresh('gone', 0);
+  expect(index.mayHaveExpired(5_000, 3_000)).toBe(false);
+  index.remove('a1');
+  index.remove('a2');
+  expect(index.mayHaveExpired(1_000_000, 3_000)).toBe(false);
 });
