@@ -288,11 +288,16 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
 /**
  * First-request mode: the connection's first request is not BITS, so hand it back to Node's native
  * consume path (what a plain server does). Only when nothing is buffered in the JavaScript stream,
- * so that no byte can overtake another.
+ * so that no byte can overtake another; a socket paused by a request body that fills its buffer is
+ * tried again once it resumes and has emptied the buffer.
  */
 function returnToNativeParser(socket: InternalSocket): void {
   const { parser, _handle: handle } = socket;
-  if (!parser || !handle || socket.destroyed || socket.readableLength > 0 || socket.isPaused()) return;
+  if (!parser || !handle || socket.destroyed) return;
+  if (socket.readableLength > 0 || socket.isPaused()) {
+    socket.once('resume', () => process.nextTick(returnToNativeParser, socket));
+    return;
+  }
   parser._consumed = true;
   parser.consume(handle);
 }

@@ -1128,6 +1128,38 @@ describe('acceptBitsPost: connection selection', () => {
     expect(shimServer.reasons).toEqual(['not-bits-first-request']);
   });
 
+  test("connections: 'first-request': a connection whose first request is a large POST goes native", async () => {
+    // The first body fills the socket's buffer and pauses it; the hand-back must wait for the resume.
+    const server = http.createServer((req, res) => {
+      let length = 0;
+      req.on('data', (chunk: Buffer) => (length += chunk.length));
+      req.on('end', () => res.end(String(length)));
+    });
+    acceptBitsPost(server, { connections: 'first-request' });
+    let jsBytes = 0;
+    server.on('connection', (socket: net.Socket) => socket.on('data', (chunk: Buffer) => (jsBytes += chunk.length)));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = net.connect((server.address() as AddressInfo).port, '127.0.0.1');
+    const body = Buffer.alloc(8 * 1024 * 1024, 0x78);
+    const post = (path: string): Promise<string> =>
+      new Promise((resolve) => {
+        client.once('data', (data: Buffer) => resolve(data.toString('latin1').split('\r\n\r\n')[1] ?? ''));
+        client.write(`POST ${path} HTTP/1.1\r\nHost: test\r\nContent-Length: ${body.length}\r\n\r\n`);
+        client.write(body);
+      });
+    try {
+      expect(await post('/first')).toBe(String(body.length));
+      const afterFirst = jsBytes;
+      expect(afterFirst).toBeLessThan(body.length);
+      expect(await post('/second')).toBe(String(body.length));
+      expect(jsBytes - afterFirst).toBeLessThan(64 * 1024);
+    } finally {
+      client.destroy();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   test('filter returning false leaves a connection untouched', async () => {
     const sockets: Array<[boolean, string | undefined]> = [];
     const server = await start({
