@@ -70,6 +70,18 @@ class AuditedStorage implements StorageAdapter {
     return this.files.readData(id, start);
   }
 
+  writeReply(id: string, body: Readable): Promise<number> {
+    return this.files.writeReply(id, body);
+  }
+
+  readReply(id: string, start: number, end: number): Promise<Readable> {
+    return this.files.readReply(id, start, end);
+  }
+
+  localDataFile(id: string): Promise<string> {
+    return this.files.localDataFile(id);
+  }
+
   recover(): Promise<RecoveryReport> {
     return this.files.recover();
   }

@@ -31,6 +31,7 @@ export type BitsErrorCode =
   | 'BITS_SHUTTING_DOWN'
   | 'BITS_REFUSED'
   | 'BITS_APPLICATION_ERROR'
+  | 'BITS_REPLY_URL_TOO_LONG'
   | 'BITS_INTERNAL';
 
 /** How one error code appears on the wire. */
@@ -41,7 +42,7 @@ export interface WireError {
 }
 
 /**
- * The one table mapping error codes to the wire (§8.5, §15 A7, A10, A11, A12, A17, A20). Two codes
+ * The one table mapping error codes to the wire (§8.5, §10.5, §15 A7, A10, A11, A12, A17, A20). Two codes
  * carry the application's own status and HRESULT instead of the ones listed (see
  * {@link BitsErrorOptions.wire}): `BITS_REFUSED` (an `onCreateSession` refusal) and
  * `BITS_APPLICATION_ERROR` (a hook that threw, context 0x7, §8.4).
@@ -67,6 +68,7 @@ export const BITS_ERRORS: Readonly<Record<BitsErrorCode, WireError>> = Object.fr
   BITS_SHUTTING_DOWN: { status: 503, hresult: HRESULT.E_FAIL },
   BITS_REFUSED: { status: 403, hresult: HRESULT.E_ACCESSDENIED },
   BITS_APPLICATION_ERROR: { status: 500, hresult: HRESULT.E_FAIL },
+  BITS_REPLY_URL_TOO_LONG: { status: 400, hresult: HRESULT.E_INVALIDARG },
   BITS_INTERNAL: { status: 500, hresult: HRESULT.E_FAIL },
 });
 
@@ -223,6 +225,11 @@ export function tooManySessions(reason: string): BitsError {
  */
 export function shuttingDown(): BitsError {
   return new BitsError('BITS_SHUTTING_DOWN', 'The BITS upload endpoint is shutting down');
+}
+
+/** §10.5: a reply URL longer than 2,200 characters is answered 400 + E_INVALIDARG. */
+export function replyUrlTooLong(length: number, limit: number): BitsError {
+  return new BitsError('BITS_REPLY_URL_TOO_LONG', `The reply URL has ${length} characters; at most ${limit} are allowed`);
 }
 
 /** What a hook may return or throw to choose the error Ack; see {@link refused}, {@link applicationError}. */

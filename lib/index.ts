@@ -11,6 +11,9 @@ export type {
   SessionInfo,
   SessionRequest,
 } from './events';
+export type { ReplyBody, ReplyHandler, ReplyResult, ReplyUpload, ReplyUrlOptions } from './reply/types';
+export { httpNotification, HttpNotificationError } from './reply/http-notification';
+export type { HttpNotificationFailure, HttpNotificationOptions } from './reply/http-notification';
 export { BitsError } from './errors';
 export type { BitsErrorCode, BitsErrorOptions, WireError } from './errors';
 export { BITS_PROTOCOL_GUID, HRESULT } from './protocol/constants';

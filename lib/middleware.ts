@@ -12,6 +12,7 @@ import { PACKET_HANDLERS } from './packets';
 import { closesConnection, errorAck, withConnectionClose, writeAck, type Ack } from './protocol/ack';
 import { parseRequest } from './protocol/request';
 import { echoableSessionId, sessionKey } from './protocol/session-id';
+import { replyDownload, serveReply } from './reply/serve';
 import { acceptsBitsPost } from './server/accept-bits-post';
 import { isBitsPost, NATIVE_BITS_POST } from './server/method-marker';
 import type { RecoveryReport } from './storage/adapter';
@@ -31,8 +32,9 @@ export interface CloseOptions {
 }
 
 /**
- * A request handler for Express 4 and 5, Connect and plain `node:http` (BITS packets are answered,
- * everything else goes to `next()`), and an `EventEmitter` of {@link BitsUploadEvents}.
+ * A request handler for Express 4 and 5, Connect and plain `node:http` (BITS packets and reply
+ * downloads are answered, everything else goes to `next()`), and an `EventEmitter` of
+ * {@link BitsUploadEvents}.
  */
 export interface BitsUploadMiddleware extends EventEmitter<BitsUploadEvents> {
   (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void;
@@ -68,8 +70,10 @@ export interface PacketRequest {
 
 /**
  * Creates the BITS upload middleware (bits-protocol.md §3). Mount it at any prefix, before any body
- * parser (§2.5), on a server prepared with `acceptBitsPost()` or `createBitsServer()`. It is also an
- * `EventEmitter` of {@link BitsUploadEvents}; a listener that throws never changes an Ack.
+ * parser (§2.5), on a server prepared with `acceptBitsPost()` or `createBitsServer()`. With the
+ * `reply` option it is an upload-reply endpoint (§10) and serves the replies below its mount point
+ * (GET and HEAD of `BITS-Sessions/Replies/...`, §10.6). It is also an `EventEmitter` of
+ * {@link BitsUploadEvents}; a listener that throws never changes an Ack.
  *
  * @param dirOrOptions A directory (shorthand for `{ directory }`) or {@link BitsUploadOptions}.
  * @example app.use('/uploads', bitsUpload('./uploads'))
@@ -79,6 +83,15 @@ export function bitsUpload(dirOrOptions?: string | BitsUploadOptions): BitsUploa
   const options = resolveOptions(dirOrOptions, arguments.length);
   function bitsUploadMiddleware(req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void {
     if (!isBitsPost(req)) {
+      // §10.6: GET and HEAD of a reply URL download the reply of an upload-reply session.
+      const download = replyDownload(req);
+      if (download !== undefined) {
+        serveReply(req, res, runtime, download.sessionId).catch((error: unknown) => {
+          debug('could not answer a reply download: %O', error);
+          next(error);
+        });
+        return;
+      }
       warnIfServerLacksBitsPost(req);
       next();
       return;

@@ -2,14 +2,18 @@ import { IncomingMessage } from 'node:http';
 import { inspect } from 'node:util';
 import type { BitsUploadHooks } from './events';
 import { defaultPrincipal } from './protocol/principal';
+import { httpNotification, type HttpNotificationOptions } from './reply/http-notification';
+import type { ReplyHandler, ReplyUrlOptions } from './reply/types';
+import { MAX_REPLY_URL_LENGTH, REPLY_PATH_LENGTH } from './reply/url';
 import type { StorageAdapter } from './storage/adapter';
 import { FileSystemStorage } from './storage/filesystem';
 
 /**
  * Options of {@link bitsUpload}. Give `storage` or `directory`, not both. The application hooks
- * (`onCreateSession`, `destination`, `onUploadComplete`) are described in {@link BitsUploadHooks}.
+ * (`onCreateSession`, `destination`, `onUploadComplete`) are described in {@link BitsUploadHooks};
+ * `publicUrl` and `trustForwardedHeaders` (where reply URLs point) in {@link ReplyUrlOptions}.
  */
-export interface BitsUploadOptions extends BitsUploadHooks {
+export interface BitsUploadOptions extends BitsUploadHooks, ReplyUrlOptions {
   /**
    * Where sessions and finished uploads are kept. Defaults to a `FileSystemStorage` of `directory`.
    */
@@ -99,6 +103,23 @@ export interface BitsUploadOptions extends BitsUploadHooks {
    * E_ACCESSDENIED (§3 step 1, §15 A20, TV-17). Defaults to true.
    */
   readonly enabled?: boolean;
+  /**
+   * Makes the endpoint an upload-reply endpoint (bits-protocol.md §10.1): once an upload is
+   * complete, before the final Ack, the handler is called once with the upload and returns the
+   * reply (bytes, a file, or a static URL), which the final Ack names in `BITS-Reply-URL` and this
+   * middleware serves (§10.5, §10.6). The upload is not placed at its destination unless the
+   * reply asks for it (`copyToDestination`). The storage must implement `writeReply` and
+   * `readReply`. Defaults to none: a plain upload endpoint that never sends `BITS-Reply-URL`
+   * (§15 A23).
+   */
+  readonly reply?: ReplyHandler;
+  /**
+   * Makes the endpoint an upload-reply endpoint whose reply comes from a server application over
+   * HTTP, like IIS's `BITSServerNotificationType` 1 (`mode: 'reference'`) and 2 (`mode: 'value'`)
+   * (bits-protocol.md §10.3-10.4): shorthand for `reply: httpNotification(notification)`; see
+   * {@link HttpNotificationOptions}. Give `notification` or `reply`, not both. Defaults to none.
+   */
+  readonly notification?: HttpNotificationOptions;
 }
 
 /** Options after {@link resolveOptions}: every default applied, validated, frozen. */
@@ -116,6 +137,10 @@ export interface ResolvedOptions extends BitsUploadHooks {
   readonly hostId: string | undefined;
   readonly hostIdFallbackTimeout: number;
   readonly enabled: boolean;
+  readonly reply: ReplyHandler | undefined;
+  /** `publicUrl` without a trailing slash. */
+  readonly publicUrl: string | undefined;
+  readonly trustForwardedHeaders: boolean;
 }
 
 /** Defaults of {@link BitsUploadOptions}. */
@@ -130,6 +155,7 @@ export const DEFAULT_OPTIONS = Object.freeze({
   maxSessionsPerPrincipal: 50,
   hostIdFallbackTimeout: 86_400,
   enabled: true,
+  trustForwardedHeaders: false,
 });
 
 /** Every method a storage adapter must have (lib/storage/adapter.ts). */
@@ -145,6 +171,9 @@ export const REQUIRED_STORAGE_METHODS = Object.freeze([
   'listSessions',
   'readData',
 ] as const satisfies readonly (keyof StorageAdapter)[]);
+
+/** The storage methods an endpoint that produces replies needs besides the required ones (§10). */
+export const REPLY_STORAGE_METHODS = Object.freeze(['writeReply', 'readReply'] as const satisfies readonly (keyof StorageAdapter)[]);
 
 const KNOWN_OPTIONS: readonly (keyof BitsUploadOptions)[] = [
   'storage',
@@ -164,6 +193,10 @@ const KNOWN_OPTIONS: readonly (keyof BitsUploadOptions)[] = [
   'onCreateSession',
   'destination',
   'onUploadComplete',
+  'reply',
+  'notification',
+  'publicUrl',
+  'trustForwardedHeaders',
 ];
 
 /** §11: an RFC 1738 host name, an IPv4 address or an IPv6 address, at most 300 characters. */
@@ -206,8 +239,11 @@ export function resolveOptions(input: unknown, argumentCount = 1): ResolvedOptio
       throw new TypeError(`bitsUpload: unknown option "${key}". Known options: ${KNOWN_OPTIONS.join(', ')}.`);
     }
   }
+  const storage = resolveStorage(given.storage, given.directory);
+  const reply = replyOption(given.reply, given.notification);
+  if (reply !== undefined) requireReplyStorage(storage, given.notification === undefined ? 'reply' : 'notification');
   return Object.freeze({
-    storage: resolveStorage(given.storage, given.directory),
+    storage,
     maxUploadSize: integerOption('maxUploadSize', given.maxUploadSize, 0, Number.MAX_SAFE_INTEGER, 'bytes'),
     maxFragmentSize: integerOption('maxFragmentSize', given.maxFragmentSize, 1, Number.MAX_SAFE_INTEGER, 'bytes'),
     allowOverwrites: booleanOption('allowOverwrites', given.allowOverwrites),
@@ -232,7 +268,27 @@ export function resolveOptions(input: unknown, argumentCount = 1): ResolvedOptio
     onCreateSession: functionOption('onCreateSession', given.onCreateSession),
     destination: functionOption('destination', given.destination),
     onUploadComplete: functionOption('onUploadComplete', given.onUploadComplete),
+    reply,
+    publicUrl: optionalPublicUrl(given.publicUrl),
+    trustForwardedHeaders: booleanOption('trustForwardedHeaders', given.trustForwardedHeaders),
   });
+}
+
+/**
+ * Checks that `storage` can keep replies (`writeReply`, `readReply`), which `option` needs (§10).
+ *
+ * @throws TypeError naming the option and the missing methods.
+ */
+export function requireReplyStorage(storage: object, option: string): void {
+  const missing = REPLY_STORAGE_METHODS.filter(
+    (method) => typeof (storage as Partial<Record<string, unknown>>)[method] !== 'function',
+  );
+  if (missing.length > 0) {
+    throw new TypeError(
+      `bitsUpload: option "${option}" needs a storage that keeps replies, but "storage" lacks ${missing.join(', ')}. ` +
+        'FileSystemStorage and MemoryStorage have them; see StorageAdapter.writeReply and readReply.',
+    );
+  }
 }
 
 /** Names of the required storage methods `storage` lacks. */
@@ -308,7 +364,7 @@ function integerOption(
   return value;
 }
 
-function booleanOption(name: 'allowOverwrites' | 'enabled', value: unknown): boolean {
+function booleanOption(name: 'allowOverwrites' | 'enabled' | 'trustForwardedHeaders', value: unknown): boolean {
   if (value === undefined) return DEFAULT_OPTIONS[name];
   if (typeof value !== 'boolean') {
     throw new TypeError(
@@ -319,7 +375,7 @@ function booleanOption(name: 'allowOverwrites' | 'enabled', value: unknown): boo
   return value;
 }
 
-type FunctionOption = 'principal' | 'onCreateSession' | 'destination' | 'onUploadComplete';
+type FunctionOption = 'principal' | 'onCreateSession' | 'destination' | 'onUploadComplete' | 'reply';
 
 /** A function option as given (its type is the caller's promise), or undefined when not given. */
 function functionOption<K extends FunctionOption>(name: K, value: unknown): NonNullable<BitsUploadOptions[K]> | undefined {
@@ -332,6 +388,23 @@ function functionOption<K extends FunctionOption>(name: K, value: unknown): NonN
   return value as NonNullable<BitsUploadOptions[K]>;
 }
 
+/** `reply`, or the {@link httpNotification} handler of `notification` (§10.3); not both. */
+function replyOption(reply: unknown, notification: unknown): ReplyHandler | undefined {
+  if (notification === undefined) return functionOption('reply', reply);
+  if (reply !== undefined) {
+    throw new TypeError(
+      'bitsUpload: give either option "notification" or option "reply", not both. ' +
+        '"notification" is shorthand for reply: httpNotification(notification).',
+    );
+  }
+  try {
+    return httpNotification(notification as HttpNotificationOptions);
+  } catch (error) {
+    if (!(error instanceof TypeError)) throw error;
+    throw new TypeError(`bitsUpload: option "notification" is invalid: ${error.message}`);
+  }
+}
+
 function optionalHostId(value: unknown): string | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || !HOST_ID.test(value)) {
@@ -341,6 +414,39 @@ function optionalHostId(value: unknown): string | undefined {
     );
   }
   return value;
+}
+
+/** Longest `publicUrl` that keeps reply URLs within 2,200 characters (§10.5). */
+const MAX_PUBLIC_URL_LENGTH = MAX_REPLY_URL_LENGTH - REPLY_PATH_LENGTH;
+
+/**
+ * §10.5: the public base URL of the mount point, an absolute `http:` or `https:` URL without
+ * credentials, query or fragment, short enough for reply URLs of at most 2,200 characters.
+ * Returned as origin and path without a trailing slash.
+ */
+function optionalPublicUrl(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  let url: URL | undefined;
+  try {
+    url = typeof value === 'string' ? new URL(value) : undefined;
+  } catch {
+    url = undefined;
+  }
+  const usable =
+    url !== undefined &&
+    (url.protocol === 'http:' || url.protocol === 'https:') &&
+    url.username === '' &&
+    url.password === '' &&
+    !/[?#]/.test(String(value));
+  const normalized = url === undefined ? '' : `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+  if (!usable || normalized.length > MAX_PUBLIC_URL_LENGTH) {
+    throw new TypeError(
+      `bitsUpload: option "publicUrl" must be an absolute http: or https: URL of the mount point without ` +
+        `credentials, query or fragment, at most ${MAX_PUBLIC_URL_LENGTH} characters, got ${show(value)}. ` +
+        "Example: publicUrl: 'https://bits.example.com/uploads'; omit it to build reply URLs from each request.",
+    );
+  }
+  return normalized;
 }
 
 function looksLikeRequest(value: unknown): boolean {

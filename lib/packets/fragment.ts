@@ -13,7 +13,9 @@ import { ack, type Ack } from '../protocol/ack';
 import { HEADER } from '../protocol/constants';
 import { EMPTY_RANGE, parseContentRange, rangeLength, type ContentRange } from '../protocol/content-range';
 import { readFragmentBody } from '../protocol/fragment-body';
-import type { SessionRecord } from '../storage/adapter';
+import { produceReply } from '../reply/produce';
+import { replyUrl } from '../reply/url';
+import type { SessionRecord, StoredReply } from '../storage/adapter';
 import type { PacketContext, PacketHandler } from './context';
 import { callHook } from './hooks';
 import { findSession } from './session';
@@ -23,7 +25,8 @@ const debug = createDebug('bits-upload:packet:fragment');
 /**
  * Fragment (bits-protocol.md §3.3, §6): validate V1-V6 without touching data (§6.2), place the
  * bytes (§6.3) while hashing them, complete the upload when the received offset R reaches the total
- * (§6.4, §5.5), then answer with R in `BITS-Received-Content-Range`.
+ * (§6.4, §5.5), then answer with R in `BITS-Received-Content-Range`, and, once R is the total on an
+ * upload with a reply (§10), with `BITS-Reply-URL` (§10.5).
  */
 export const fragment: PacketHandler = async (ctx) => {
   const { request, options } = ctx;
@@ -64,8 +67,8 @@ async function place(
 ): Promise<Ack> {
   const { options, runtime } = ctx;
   let received = record.receivedLength;
-  const answer = (status: number): Ack =>
-    ack({ ...sessionHeader, [HEADER.receivedContentRange]: String(received) }, status);
+  const answer = (status: number, more: Readonly<Record<string, string>> = {}): Ack =>
+    ack({ ...sessionHeader, [HEADER.receivedContentRange]: String(received), ...more }, status);
   // Case D, gap: nothing kept; 416 is a resynchronisation signal carrying R (§0.3, §15 A4).
   if (range.first > received) {
     debug('session %s: gap, bytes %d-%d while holding %d', record.id, range.first, range.last, received);
@@ -84,8 +87,15 @@ async function place(
   } else {
     debug('session %s: duplicate bytes %d-%d, holding %d', record.id, range.first, range.last, received);
   }
-  if (received === range.total) await complete(ctx, record, received);
-  return answer(200);
+  if (received !== range.total) return answer(200);
+  const reply = await complete(ctx, record, received);
+  // §10.5, §15 A23: only an upload that has a reply names it, on every Ack that reports R = total.
+  return answer(200, reply === undefined ? {} : { [HEADER.replyUrl]: replyUrlOf(ctx, record.id, reply) });
+}
+
+/** The `BITS-Reply-URL` of a reply (§10.5): its static URL, or where this middleware serves it. */
+function replyUrlOf(ctx: PacketContext, id: string, reply: StoredReply): string {
+  return reply.kind === 'url' ? reply.url : replyUrl(ctx.message, id, ctx.options);
 }
 
 /**
@@ -119,37 +129,55 @@ async function storeBody(ctx: PacketContext, id: string, received: number, range
 
 /**
  * §6.4 completion, once R reached the total, in this order: finish the SHA-256 (reading back only
- * what the memory state misses) and record it; commit (§5.5); then, unless the record says the
- * application was already told, await `onUploadComplete`, emit `upload-completed` and record
- * `delivered`. A repeat of the final fragment after that gets the same 200 Ack and nothing else
- * (§6.4, SPEC 3.2.5.1.2 "NotifyCache"); if the hook failed, the repeat calls it again
- * (§10.4, TV-10). The same holds after a restart, from the record.
+ * what the memory state misses) and record it; on an upload-reply endpoint (option `reply`, §10.1)
+ * get the reply unless the record has one (§10.2: the application answers before the final Ack;
+ * see `produceReply`); commit (§5.5), except that a reply that does not ask for
+ * `copyToDestination` (§10.4) leaves the upload in the session and only marks it complete; then,
+ * unless the record says the application was already told, await `onUploadComplete`, emit
+ * `upload-completed` and record `delivered`. A repeat of the final fragment after that gets the
+ * same 200 Ack (with the same `BITS-Reply-URL`) and nothing else (§6.4, SPEC 3.2.5.1.2
+ * "NotifyCache"); if the reply handler or the hook failed, the repeat calls it again (§10.4,
+ * TV-10). The same holds after a restart, from the record: a crash after the reply was recorded and
+ * before the commit is finished by the repeat according to the recorded `copyToDestination`.
  *
  * Delivery is exactly-once except in one window: a crash after the hook returned and before
  * `delivered` was recorded makes the hook run again for the repeat of the final fragment after the
  * restart (at-least-once there, as with IIS notifications, §10.2). An application that must never
- * see a duplicate can key on `sessionId` and `sha256`.
+ * see a duplicate can key on `sessionId` and `sha256`. The same holds for the reply handler between
+ * its return and the recording of its reply.
+ *
+ * @returns The session's reply, if it has one.
  */
-async function complete(ctx: PacketContext, record: SessionRecord, size: number): Promise<void> {
+async function complete(ctx: PacketContext, record: SessionRecord, size: number): Promise<StoredReply | undefined> {
   const { options, runtime } = ctx;
   const { storage, onUploadComplete } = options;
-  let { sha256 } = record;
+  let { sha256, reply } = record;
   if (record.state === 'receiving') {
     if (sha256 === undefined) {
       sha256 = await runtime.hashes.digest(record.id, size);
       await storage.updateSession(record.id, { sha256 });
     }
     runtime.hashes.forget(record.id);
-    await storage.commit(record.id, { overwrite: options.allowOverwrites });
-    debug('session %s: complete, %d bytes committed, SHA-256 %s', record.id, size, sha256);
+    if (reply === undefined && options.reply !== undefined) {
+      reply = await produceReply(ctx, { ...sessionInfo(record), size, sha256 }, options.reply);
+    }
+    if (reply === undefined || reply.copyToDestination) {
+      await storage.commit(record.id, { overwrite: options.allowOverwrites });
+      debug('session %s: complete, %d bytes committed, SHA-256 %s', record.id, size, sha256);
+    } else {
+      // §10.1: an upload-reply endpoint does not copy the upload to its destination unless asked.
+      await storage.updateSession(record.id, { state: 'complete', updatedAt: ctx.now });
+      debug('session %s: complete, %d bytes kept with the reply, SHA-256 %s', record.id, size, sha256);
+    }
   }
-  if (record.delivered) return;
+  if (record.delivered) return reply;
   if (sha256 === undefined) {
     debug('session %s: completed by an older version without a SHA-256; the application is not told', record.id);
-    return;
+    return reply;
   }
   const upload: CompletedUpload = { ...sessionInfo(record), size, sha256 };
   if (onUploadComplete !== undefined) await callHook(() => onUploadComplete(upload, ctx.message));
   runtime.emit('upload-completed', upload);
   await storage.updateSession(record.id, { delivered: true });
+  return reply;
 }

@@ -1,9 +1,11 @@
+import type { IncomingMessage } from 'node:http';
 import createDebug from 'debug';
 import { internalError, sessionIdMissing, sessionNotFound } from '../errors';
 import { isExpired, isTombstone } from '../lifecycle/expiry';
 import { ack, type Ack } from '../protocol/ack';
 import { HEADER } from '../protocol/constants';
 import { parseDestination } from '../protocol/destination';
+import type { ResolvedOptions } from '../options';
 import { sessionKey } from '../protocol/session-id';
 import type { SessionRecord } from '../storage/adapter';
 import type { PacketContext } from './context';
@@ -23,7 +25,16 @@ export interface FoundSession {
  * @throws BitsError `BITS_INTERNAL` when the option returns something other than a string or undefined.
  */
 export function principalOf(ctx: PacketContext): string | undefined {
-  const principal: unknown = ctx.options.principal(ctx.message);
+  return principalOfRequest(ctx.options, ctx.message);
+}
+
+/**
+ * Who sends a request (a packet or a reply download, §10.6), from the `principal` option (§5.6, §12).
+ *
+ * @throws BitsError `BITS_INTERNAL` when the option returns something other than a string or undefined.
+ */
+export function principalOfRequest(options: Pick<ResolvedOptions, 'principal'>, req: IncomingMessage): string | undefined {
+  const principal: unknown = options.principal(req);
   if (principal === undefined || typeof principal === 'string') return principal;
   throw internalError(new TypeError(`The "principal" option returned ${typeof principal}; it must return a string or undefined`));
 }

@@ -20,6 +20,7 @@ export const HEADER = {
   hostId: 'BITS-Host-Id',
   hostIdFallbackTimeout: 'BITS-Host-Id-Fallback-Timeout',
   receivedContentRange: 'BITS-Received-Content-Range',
+  replyUrl: 'BITS-Reply-URL',
   errorCode: 'BITS-Error-Code',
   error: 'BITS-Error',
   errorContext: 'BITS-Error-Context',
@@ -63,3 +64,9 @@ export const MAX_SESSION_ID_LENGTH = 100;
 
 /** Name of the folder storage adapters keep session data in; never a valid upload target (§13). */
 export const SESSION_FOLDER_NAME = '.bits-sessions';
+
+/**
+ * First path segment of reply URLs below the mount point (§10.5, IIS `BITS-Sessions\Replies\...`);
+ * reserved, compared case-insensitively: no upload may target it.
+ */
+export const REPLY_FOLDER_NAME = 'BITS-Sessions';

@@ -1,6 +1,6 @@
 import { invalidDestination } from '../errors';
 import type { Destination } from '../storage/adapter';
-import { SESSION_FOLDER_NAME } from './constants';
+import { REPLY_FOLDER_NAME, SESSION_FOLDER_NAME } from './constants';
 
 /** Where a packet's request-target points, below the middleware's mount point. */
 export interface Target {
@@ -23,7 +23,9 @@ const MAX_SEGMENT_BYTES = 255;
  * Every name that could escape the storage root or mean something else on some file system is
  * refused: dot segments, separators and NUL in any encoding, invalid percent-encoding, drive letters
  * and other Windows-reserved characters and device names, names ending in a dot or space, names
- * over 255 bytes, the session folder, and directory targets (the mount root, a trailing slash).
+ * over 255 bytes, the session folder, a first segment naming the reply folder `BITS-Sessions`
+ * (reply downloads live there, §10.5; any letter case), and directory targets (the mount root, a
+ * trailing slash).
  *
  * @throws BitsError `BITS_INVALID_DESTINATION` (400 + E_INVALIDARG, §3.2 step 2) naming the reason.
  */
@@ -34,6 +36,9 @@ export function parseDestination(requestTarget: string): Target {
   if (path === '/') throw invalidDestination('the mount point itself is a directory, not a file');
   if (path.endsWith('/')) throw invalidDestination('a trailing slash names a directory, not a file');
   const destination = path.slice(1).split('/').map(decodeSegment);
+  if (destination[0]?.toLowerCase() === REPLY_FOLDER_NAME.toLowerCase()) {
+    throw invalidDestination(`${REPLY_FOLDER_NAME} is reserved for reply downloads`);
+  }
   return {
     destination: Object.freeze(destination),
     urlPath: `/${destination.map(encodeURIComponent).join('/')}`,

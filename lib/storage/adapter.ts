@@ -43,7 +43,25 @@ export interface SessionRecord {
    * retransmitted final fragments and restarts.
    */
   readonly delivered: boolean;
+  /**
+   * The reply of an upload-reply session (bits-protocol.md §10), once the application produced it;
+   * cached so that a repeated final fragment, also after a restart, gets the same `BITS-Reply-URL`.
+   */
+  readonly reply: StoredReply | undefined;
 }
+
+/**
+ * A reply kept in storage (`stored`: bytes written with {@link StorageAdapter.writeReply}, served
+ * under the middleware's mount point) or a static URL the application named (`url`: never stored,
+ * never deleted; §10.4).
+ */
+export type StoredReply = (
+  | { readonly kind: 'stored'; readonly size: number; readonly storedAt: number }
+  | { readonly kind: 'url'; readonly url: string }
+) & {
+  /** The application asked for the upload at its destination too (§10.4); a resend after a crash commits it. */
+  readonly copyToDestination: boolean;
+};
 
 /** What the middleware passes to {@link StorageAdapter.createSession}. */
 export interface NewSession {
@@ -62,6 +80,7 @@ export interface SessionChanges {
   readonly updatedAt?: number;
   readonly sha256?: string;
   readonly delivered?: boolean;
+  readonly reply?: StoredReply;
 }
 
 /** What {@link StorageAdapter.recover} found and repaired at start-up. */
@@ -90,7 +109,7 @@ export interface CommitOptions {
  * that continue the session's data exactly at its durable offset. The adapter owns bytes and
  * records.
  *
- * Every method is required, except `recover`, and returns a promise. Methods that name a session id
+ * Every method is required, except `recover` and `localDataFile`, and returns a promise. Methods that name a session id
  * reject with a {@link SessionNotFoundError} when no record exists.
  */
 export interface StorageAdapter {
@@ -144,11 +163,30 @@ export interface StorageAdapter {
   listSessions(): AsyncIterable<SessionRecord>;
 
   /**
-   * Streams the session's stored bytes from `start` up to its receivedLength, while its state is
-   * `receiving` (before the commit moves the data). The middleware reads the part of an upload that
-   * an earlier process stored, to finish the upload's SHA-256 after a restart.
+   * Streams the session's stored bytes from `start` up to its receivedLength while the data is still
+   * the session's: state `receiving`, or `complete` without a commit (upload-reply endpoints keep
+   * the upload in the session unless the application asks for it, §10.1). The middleware reads the
+   * part of an upload an earlier process stored, to finish its SHA-256 after a restart, and the
+   * application reads the upload it answers.
    */
   readData(id: string, start: number): Promise<Readable>;
+
+  /**
+   * Stores the reply of an upload-reply session (replacing any earlier one), durably, and resolves
+   * with its size. The middleware then records it with `updateSession({ reply })`. The reply is
+   * temporary data: `endSession` and `deleteSession` remove it.
+   */
+  writeReply(id: string, body: Readable): Promise<number>;
+
+  /** Streams bytes `start` to `end` (inclusive) of the stored reply. */
+  readReply(id: string, start: number, end: number): Promise<Readable>;
+
+  /**
+   * Optional. The server-local path of the session's uploaded bytes while they are the session's,
+   * so that the notification by reference (§10.3) can name it instead of copying the upload.
+   * Adapters without local files omit it.
+   */
+  localDataFile?(id: string): Promise<string>;
 
   /**
    * Optional. Repairs what a crash may have left, once, before the middleware serves its first

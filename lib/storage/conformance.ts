@@ -1,7 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Destination, NewSession, SessionRecord, StorageAdapter } from './adapter';
+import type { Destination, NewSession, SessionRecord, StorageAdapter, StoredReply } from './adapter';
 
 /** What a test of one adapter provides to {@link runStorageAdapterConformance}, fresh for every test. */
 export interface StorageAdapterHarness {
@@ -76,6 +78,28 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
       return record;
     };
 
+    /**
+     * Creates a session, stores `bytes` and marks it complete without a commit, as an upload-reply
+     * endpoint does (bits-protocol.md §10.1): the upload stays in the session.
+     */
+    const uploadKept = async (destination: Destination, bytes: Buffer | string): Promise<SessionRecord> => {
+      const record = await create(destination);
+      await adapter().updateSession(record.id, { totalLength: Buffer.byteLength(bytes) });
+      await append(record.id, bytes);
+      return adapter().updateSession(record.id, { state: 'complete' });
+    };
+
+    /** Stores `bytes` as the reply of a session and records it, as the middleware does. */
+    const storeReply = async (id: string, bytes: Buffer | string, copyToDestination = false): Promise<StoredReply> => {
+      const size = await adapter().writeReply(id, bodyOf(bytes));
+      const reply: StoredReply = { kind: 'stored', size, storedAt: Date.now(), copyToDestination };
+      await adapter().updateSession(id, { reply });
+      return reply;
+    };
+
+    const readReply = async (id: string, start: number, end: number, target: StorageAdapter = adapter()): Promise<Buffer> =>
+      collect(await target.readReply(id, start, end));
+
     describe('sessions', () => {
       it('createSession returns a receiving record with nothing received and no total yet', async () => {
         const session = newSession(['reports', 'q1.bin'], { principal: 'alice' });
@@ -93,9 +117,11 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
           updatedAt: session.createdAt,
           sha256: undefined,
           delivered: false,
+          reply: undefined,
         });
         // toEqual takes a missing field for undefined, so false is checked on its own.
         expect(record.delivered).toBe(false);
+        expect(record.reply).toBeUndefined();
       });
 
       it('getSession reads the record back, with an undefined principal kept undefined', async () => {
@@ -438,6 +464,221 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
       });
     });
 
+    describe('upload-reply sessions (§10): the upload kept in the session', () => {
+      it('readData streams the upload of a session marked complete without a commit', async () => {
+        const all = patternBytes(21, 90_000);
+        const kept = await uploadKept(['kept', 'upload.bin'], all);
+        expect(kept).toMatchObject({ state: 'complete', receivedLength: all.length });
+        expect((await collect(await adapter().readData(kept.id, 0))).equals(all)).toBe(true);
+        expect((await collect(await adapter().readData(kept.id, 54_321))).equals(all.subarray(54_321))).toBe(true);
+        expect((await collect(await adapter().readData(kept.id, all.length))).length).toBe(0);
+        await expect(adapter().readData(kept.id, all.length + 1)).rejects.toThrow(RangeError);
+        // Nothing reaches the destination unless the application asks for it (§10.1).
+        await expect(adapter().inspectDestination(['kept', 'upload.bin'])).resolves.toBe('missing');
+        expect(await store().readDestination(['kept', 'upload.bin'])).toBeUndefined();
+      });
+
+      it('readData of a zero-byte upload kept in the session reads nothing', async () => {
+        const kept = await uploadKept(['kept-empty.bin'], '');
+        expect((await collect(await adapter().readData(kept.id, 0))).length).toBe(0);
+      });
+
+      it('readData rejects for a committed session, and for a session that ended', async () => {
+        const committed = await upload(['committed.bin'], 'committed');
+        await expect(adapter().readData(committed.id, 0)).rejects.toThrow();
+        const emptyCommitted = await upload(['committed-empty.bin'], '');
+        await expect(adapter().readData(emptyCommitted.id, 0)).rejects.toThrow();
+        const closed = await uploadKept(['closed.bin'], 'closed');
+        await adapter().endSession(closed.id, 'closed', Date.now());
+        await expect(adapter().readData(closed.id, 0)).rejects.toThrow();
+      });
+
+      it('localDataFile, when offered, names a local file holding exactly the upload while it is the session\'s', async () => {
+        const { localDataFile } = adapter();
+        if (localDataFile === undefined) return;
+        const all = patternBytes(29, 30_000);
+        const receiving = await create(['local-receiving.bin']);
+        await append(receiving.id, all.subarray(0, 10_000));
+        const receivingPath = await localDataFile.call(adapter(), receiving.id);
+        expect(path.isAbsolute(receivingPath)).toBe(true);
+        expect((await readFile(receivingPath)).equals(all.subarray(0, 10_000))).toBe(true);
+
+        const kept = await uploadKept(['local-kept.bin'], all);
+        expect((await readFile(await localDataFile.call(adapter(), kept.id))).equals(all)).toBe(true);
+
+        const committed = await upload(['local-committed.bin'], all);
+        await expect(localDataFile.call(adapter(), committed.id)).rejects.toThrow();
+        await adapter().endSession(kept.id, 'closed', Date.now());
+        await expect(localDataFile.call(adapter(), kept.id)).rejects.toThrow();
+        await adapter().endSession(receiving.id, 'cancelled', Date.now());
+        await expect(localDataFile.call(adapter(), receiving.id)).rejects.toThrow();
+      });
+    });
+
+    describe('writeReply and readReply', () => {
+      it('store a reply and stream any inclusive range of it', async () => {
+        const kept = await uploadKept(['reply-small.bin'], 'upload');
+        const text = 'HELLO, REPLY';
+        await expect(adapter().writeReply(kept.id, bodyOf(text))).resolves.toBe(text.length);
+        expect((await readReply(kept.id, 0, text.length - 1)).toString()).toBe(text);
+        for (const [start, end] of [
+          [0, 0],
+          [0, 4],
+          [3, 8],
+          [5, 5],
+          [7, text.length - 1],
+          [text.length - 1, text.length - 1],
+        ]) {
+          expect((await readReply(kept.id, start, end)).toString()).toBe(text.slice(start, end + 1));
+        }
+      });
+
+      it('store a 0-byte reply, which has no byte to read', async () => {
+        const kept = await uploadKept(['reply-empty.bin'], 'upload');
+        await expect(adapter().writeReply(kept.id, Readable.from([]))).resolves.toBe(0);
+        await expect(adapter().readReply(kept.id, 0, 0)).rejects.toThrow(RangeError);
+        // A later reply replaces it.
+        await expect(adapter().writeReply(kept.id, bodyOf('now'))).resolves.toBe(3);
+        expect((await readReply(kept.id, 0, 2)).toString()).toBe('now');
+      });
+
+      it('stream a 20 MiB reply from a lazy generator in and any range of it out', async () => {
+        const kept = await uploadKept(['reply-big.bin'], 'upload');
+        const size = 20 * MiB;
+        const hash = createHash('sha256');
+        async function* produce(): AsyncGenerator<Buffer> {
+          for (let offset = 0; offset < size; offset += 64 * 1024) {
+            const chunk = patternBytes(offset, Math.min(64 * 1024, size - offset));
+            hash.update(chunk);
+            yield chunk;
+          }
+        }
+        const body = Readable.from(produce(), { objectMode: false, highWaterMark: 64 * 1024 });
+        await expect(adapter().writeReply(kept.id, body)).resolves.toBe(size);
+
+        // The whole reply, hashed as it streams rather than collected.
+        const whole = createHash('sha256');
+        let length = 0;
+        for await (const chunk of (await adapter().readReply(kept.id, 0, size - 1)) as AsyncIterable<unknown>) {
+          if (!ArrayBuffer.isView(chunk)) throw new TypeError(`readReply must stream bytes, got ${typeof chunk}`);
+          whole.update(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          length += chunk.byteLength;
+        }
+        expect(length).toBe(size);
+        expect(whole.digest('hex')).toBe(hash.digest('hex'));
+
+        for (const [start, end] of [
+          [0, 65_535],
+          [0, 0],
+          [10 * MiB - 7, 10 * MiB + 100_000],
+          [size - 1000, size - 1],
+          [size - 1, size - 1],
+        ]) {
+          const read = await readReply(kept.id, start, end);
+          expect(read.length).toBe(end - start + 1);
+          expect(read.equals(patternBytes(start, end - start + 1))).toBe(true);
+        }
+      });
+
+      it('replace an earlier reply as a whole', async () => {
+        const kept = await uploadKept(['reply-replaced.bin'], 'upload');
+        await adapter().writeReply(kept.id, bodyOf('the first, longer reply'));
+        await expect(adapter().writeReply(kept.id, bodyOf('second'))).resolves.toBe(6);
+        expect((await readReply(kept.id, 0, 5)).toString()).toBe('second');
+        await expect(adapter().readReply(kept.id, 0, 6)).rejects.toThrow(RangeError);
+      });
+
+      it('reject a body that fails, rather than storing part of it as the reply', async () => {
+        const kept = await uploadKept(['reply-aborted.bin'], 'upload');
+        await expect(adapter().writeReply(kept.id, abortingBody(patternBytes(1, 5000)))).rejects.toThrow();
+      });
+
+      it('readReply rejects a range outside the reply with a RangeError', async () => {
+        const kept = await uploadKept(['reply-ranges.bin'], 'upload');
+        await adapter().writeReply(kept.id, bodyOf('HELLO'));
+        for (const [start, end] of [
+          [-1, 0],
+          [0, 5],
+          [4, 5],
+          [3, 1],
+          [6, 5],
+          [1.5, 2],
+          [0, 2.5],
+          [Number.NaN, 1],
+          [0, Number.POSITIVE_INFINITY],
+        ]) {
+          await expect(adapter().readReply(kept.id, start, end)).rejects.toThrow(RangeError);
+        }
+        expect((await readReply(kept.id, 0, 4)).toString()).toBe('HELLO');
+      });
+
+      it('readReply rejects when no reply was stored', async () => {
+        const kept = await uploadKept(['reply-none.bin'], 'upload');
+        await expect(adapter().readReply(kept.id, 0, 0)).rejects.toThrow();
+        const receiving = await create(['reply-none-receiving.bin']);
+        await expect(adapter().readReply(receiving.id, 0, 0)).rejects.toThrow();
+      });
+
+      it.each(['closed', 'cancelled'] as const)('endSession(%s) removes the reply, keeps the record and a committed destination', async (state) => {
+        // Copied to the destination (§10.4): the reply is stored, then the upload committed.
+        const kept = await create([`reply-${state}.bin`]);
+        await adapter().updateSession(kept.id, { totalLength: 6 });
+        await append(kept.id, 'upload');
+        const reply = await storeReply(kept.id, 'reply bytes', true);
+        await adapter().commit(kept.id, { overwrite: false });
+        const alsoKept = await uploadKept([`reply-${state}-kept.bin`], 'kept upload');
+        await storeReply(alsoKept.id, 'another reply');
+
+        for (const id of [kept.id, alsoKept.id]) {
+          await adapter().endSession(id, state, Date.now());
+          await expect(adapter().readReply(id, 0, 0)).rejects.toThrow();
+          await expect(adapter().getSession(id)).resolves.toMatchObject({ state });
+        }
+        expect((await adapter().getSession(kept.id))?.reply).toEqual(reply);
+        expect((await store().readDestination([`reply-${state}.bin`]))?.toString()).toBe('upload');
+        expect(await store().readDestination([`reply-${state}-kept.bin`])).toBeUndefined();
+      });
+
+      it('deleteSession removes the reply with the session', async () => {
+        const kept = await uploadKept(['reply-deleted.bin'], 'upload');
+        await storeReply(kept.id, 'reply');
+        await adapter().deleteSession(kept.id);
+        await expect(adapter().readReply(kept.id, 0, 0)).rejects.toMatchObject({ code: 'BITS_SESSION_NOT_FOUND' });
+        await expect(adapter().getSession(kept.id)).resolves.toBeUndefined();
+      });
+    });
+
+    describe('the reply field', () => {
+      it.each<[string, StoredReply]>([
+        ['a stored reply', { kind: 'stored', size: 5, storedAt: 1_700_000_000_123, copyToDestination: false }],
+        ['a stored reply with copy to destination', { kind: 'stored', size: 0, storedAt: 1_700_000_000_456, copyToDestination: true }],
+        ['a static URL', { kind: 'url', url: 'https://static.example.com/replies/1.bin', copyToDestination: false }],
+        ['a static URL with copy to destination', { kind: 'url', url: 'https://static.example.com/r?id=2', copyToDestination: true }],
+      ])('round-trips %s through updateSession, getSession and listSessions', async (_label, reply) => {
+        const kept = await uploadKept(['reply-field.bin'], 'upload');
+        const updated = await adapter().updateSession(kept.id, { reply, delivered: true });
+        expect(updated).toEqual({ ...kept, reply, delivered: true });
+        expect(updated.reply).toEqual(reply);
+        await expect(adapter().getSession(kept.id)).resolves.toEqual(updated);
+        let listed: SessionRecord | undefined;
+        for await (const record of adapter().listSessions()) if (record.id === kept.id) listed = record;
+        expect(listed).toEqual(updated);
+        // Other changes keep it.
+        const later = await adapter().updateSession(kept.id, { updatedAt: kept.updatedAt + 10 });
+        expect(later.reply).toEqual(reply);
+      });
+
+      it('is undefined until set, and a later reply replaces it', async () => {
+        const kept = await uploadKept(['reply-field-later.bin'], 'upload');
+        expect((await adapter().getSession(kept.id))?.reply).toBeUndefined();
+        const first: StoredReply = { kind: 'url', url: 'https://static.example.com/first', copyToDestination: true };
+        const second: StoredReply = { kind: 'stored', size: 3, storedAt: Date.now(), copyToDestination: false };
+        await adapter().updateSession(kept.id, { reply: first });
+        await adapter().updateSession(kept.id, { reply: second });
+        expect((await adapter().getSession(kept.id))?.reply).toEqual(second);
+      });
+    });
+
     describe('listSessions', () => {
       it('yields every record, tombstones included, and not deleted ones', async () => {
         const receiving = await create(['one.bin']);
@@ -475,6 +716,10 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         await expect(adapter().commit(id, { overwrite: false })).rejects.toMatchObject(notFound);
         await expect(adapter().endSession(id, 'closed', Date.now())).rejects.toMatchObject(notFound);
         await expect(adapter().readData(id, 0)).rejects.toMatchObject(notFound);
+        await expect(adapter().writeReply(id, bodyOf('reply'))).rejects.toMatchObject(notFound);
+        await expect(adapter().readReply(id, 0, 0)).rejects.toMatchObject(notFound);
+        const { localDataFile } = adapter();
+        if (localDataFile !== undefined) await expect(localDataFile.call(adapter(), id)).rejects.toMatchObject(notFound);
       });
 
       it('a deleted session is unknown', async () => {
@@ -532,6 +777,28 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         expect(reread?.delivered).toBe(false);
       });
 
+      it('keeps a reply, its record and an upload kept in the session (when the harness can reopen)', async () => {
+        const { reopen } = store();
+        if (reopen === undefined) return;
+        const all = patternBytes(31, 25_000);
+        const kept = await uploadKept(['reopened-kept.bin'], all);
+        const reply = await storeReply(kept.id, 'the reply', true);
+        const linked = await uploadKept(['reopened-url.bin'], 'x');
+        const url: StoredReply = { kind: 'url', url: 'https://static.example.com/reply', copyToDestination: false };
+        await adapter().updateSession(linked.id, { reply: url });
+
+        const second = await reopen.call(store());
+        await expect(second.getSession(kept.id)).resolves.toMatchObject({ state: 'complete', reply });
+        await expect(second.getSession(linked.id)).resolves.toMatchObject({ reply: url });
+        expect((await readReply(kept.id, 0, reply.kind === 'stored' ? reply.size - 1 : 0, second)).toString()).toBe('the reply');
+        expect((await readReply(kept.id, 4, 6, second)).toString()).toBe('rep');
+        expect((await collect(await second.readData(kept.id, 0))).equals(all)).toBe(true);
+        await second.endSession(kept.id, 'closed', Date.now());
+        await expect(adapter().readReply(kept.id, 0, 0)).rejects.toThrow();
+        await expect(adapter().readData(kept.id, 0)).rejects.toThrow();
+        expect(await store().readDestination(['reopened-kept.bin'])).toBeUndefined();
+      });
+
       it('recover() on a fresh instance finds nothing to repair in a healthy store and changes nothing (when the harness can reopen)', async () => {
         const { reopen } = store();
         if (reopen === undefined) return;
@@ -547,7 +814,20 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         const cancelled = await create(['recover-cancelled.bin']);
         await append(cancelled.id, 'partial');
         await adapter().endSession(cancelled.id, 'cancelled', Date.now());
-        const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id];
+        // Upload-reply sessions (§10): the upload kept in the session, with a stored reply or a URL.
+        const kept = await uploadKept(['recover-kept.bin'], 'kept upload');
+        await storeReply(kept.id, 'kept reply');
+        const copied = await create(['recover-copied.bin']);
+        await adapter().updateSession(copied.id, { totalLength: 13 });
+        await append(copied.id, 'copied upload');
+        await storeReply(copied.id, 'copied reply', true);
+        await adapter().commit(copied.id, { overwrite: false });
+        const linked = await uploadKept(['recover-linked.bin'], 'linked upload');
+        await adapter().updateSession(linked.id, { reply: { kind: 'url', url: 'https://static.example.com/r', copyToDestination: false } });
+        const ended = await uploadKept(['recover-ended.bin'], 'ended upload');
+        await storeReply(ended.id, 'ended reply');
+        await adapter().endSession(ended.id, 'closed', Date.now());
+        const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id, kept.id, copied.id, linked.id, ended.id];
         const before = await Promise.all(ids.map((id) => adapter().getSession(id)));
 
         const second = await reopen.call(store());
@@ -564,6 +844,12 @@ export function runStorageAdapterConformance(name: string, factory: () => Promis
         expect((await store().readDestination(['recover-complete.bin']))?.toString()).toBe('complete');
         expect((await store().readDestination(['recover-closed.bin']))?.toString()).toBe('closed');
         expect(await store().readDestination(['recover-cancelled.bin'])).toBeUndefined();
+        expect((await collect(await second.readData(kept.id, 0))).toString()).toBe('kept upload');
+        expect((await readReply(kept.id, 0, 9, second)).toString()).toBe('kept reply');
+        expect((await readReply(copied.id, 0, 11, second)).toString()).toBe('copied reply');
+        expect((await store().readDestination(['recover-copied.bin']))?.toString()).toBe('copied upload');
+        expect((await collect(await second.readData(linked.id, 0))).toString()).toBe('linked upload');
+        expect(await store().readDestination(['recover-ended.bin'])).toBeUndefined();
       });
     });
   });

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -22,6 +22,7 @@ import type {
   SessionRecord,
   SessionState,
   StorageAdapter,
+  StoredReply,
 } from './adapter';
 
 const debug = createDebug('bits-upload:storage:fs');
@@ -81,10 +82,15 @@ class FutureRecordError extends Error {
 const RECORD_FILE = 'record.json';
 const RECORD_TEMP = 'record.json.tmp';
 const DATA_FILE = 'data';
+/** The stored reply of an upload-reply session (bits-protocol.md §10), replaced atomically. */
+const REPLY_FILE = 'reply';
+/** A reply being written: `reply.<random hex>.tmp`, renamed to {@link REPLY_FILE} once complete. */
+const REPLY_TEMP = /^reply\.[0-9a-f]+\.tmp$/;
 /**
- * Format version of record.json. `sha256` and `delivered` were added to version 1 as optional
- * fields: records written before them load as undefined and false, and older releases, which ignore
- * unknown fields, still read the records written now. A record with a higher version is left alone.
+ * Format version of record.json. `sha256`, `delivered` and `reply` were added to version 1 as
+ * optional fields: records written before them load as undefined, false and undefined, and older
+ * releases, which ignore unknown fields, still read the records written now. A record with a higher
+ * version is left alone.
  */
 const RECORD_VERSION = 1;
 /** Bytes given back on a full disk so that the record still fits (a few file-system blocks). */
@@ -95,9 +101,12 @@ const WINDOWS_RESERVED = /^(con|prn|aux|nul|com\d|lpt\d)$/i;
 
 /**
  * Stores uploads on a local (or any POSIX-like) file system. Each session is a folder
- * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (replaced atomically) and `data`
- * (the received bytes, appended in place). Commit renames or hard-links `data` to the destination,
- * so readers see the old file or the whole new one (bits-protocol.md §5.5).
+ * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (replaced atomically), `data`
+ * (the received bytes, appended in place) and, for upload-reply sessions, `reply` (replaced
+ * atomically). Commit renames or hard-links `data` to the destination, so readers see the old file
+ * or the whole new one (bits-protocol.md §5.5). A session marked `complete` without a commit (an
+ * upload-reply endpoint, §10.1) keeps `data` in its folder until it ends or is committed; marking it
+ * so cuts `data` to the recorded length and flushes it like a commit would.
  *
  * The record and the data file can disagree only after a crash; the data file is then trusted up to
  * the record's length, so a restarted process never reports bytes it does not hold (§6.3).
@@ -136,6 +145,7 @@ export class FileSystemStorage implements StorageAdapter {
       updatedAt: session.createdAt,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
     };
     try {
       const data = await fs.open(path.join(dir, DATA_FILE), 'wx');
@@ -159,6 +169,11 @@ export class FileSystemStorage implements StorageAdapter {
 
   async updateSession(id: string, changes: SessionChanges): Promise<SessionRecord> {
     await this.#init();
+    // Checked before anything is written: a value record.json cannot hold would make it corrupt.
+    const reply = changes.reply === undefined ? undefined : parseReply(changes.reply);
+    if (changes.reply !== undefined && reply === undefined) {
+      throw new TypeError(`Invalid reply for session ${id}: ${show(changes.reply)}`);
+    }
     const { record, dir } = await this.#requireRecord(id);
     const updated: StoredRecord = {
       ...record,
@@ -167,7 +182,13 @@ export class FileSystemStorage implements StorageAdapter {
       ...(changes.updatedAt !== undefined && { updatedAt: changes.updatedAt }),
       ...(changes.sha256 !== undefined && { sha256: changes.sha256 }),
       ...(changes.delivered !== undefined && { delivered: changes.delivered }),
+      ...(reply !== undefined && { reply }),
     };
+    if (record.state === 'receiving' && updated.state === 'complete') {
+      // Complete without a commit (an upload-reply endpoint, §10.1): the data stays here and is now
+      // the upload, so it gets what a commit would give it before the record says so.
+      await this.#settleData(dir, record.receivedLength);
+    }
     await this.#writeRecord(dir, updated);
     return publicRecord(updated);
   }
@@ -287,12 +308,16 @@ export class FileSystemStorage implements StorageAdapter {
   async commit(id: string, options: CommitOptions): Promise<void> {
     await this.#init();
     const { record, dir } = await this.#requireRecord(id);
-    if (record.state === 'complete') return;
-    if (record.state !== 'receiving') throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
-
-    const target = await this.#destinationPath(record.destination);
+    if (record.state !== 'receiving' && record.state !== 'complete') {
+      throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
+    }
     const dataPath = path.join(dir, DATA_FILE);
     const data = await statOrUndefined(dataPath);
+    // A complete session whose data left the folder was committed; one that still holds it was only
+    // marked complete (an upload-reply endpoint, §10.1) and is committed now (§10.4 copy to destination).
+    if (record.state === 'complete' && data === undefined && !record.committing) return;
+
+    const target = await this.#destinationPath(record.destination);
     if (data === undefined) {
       // The data is gone: either a previous commit moved it and crashed before recording that,
       // or it was lost. Only the commit marker tells the two apart.
@@ -303,6 +328,11 @@ export class FileSystemStorage implements StorageAdapter {
     }
     if (record.totalLength !== undefined && record.receivedLength !== record.totalLength) {
       throw new Error(`Session ${id} holds ${record.receivedLength} of ${record.totalLength} bytes; it cannot be committed`);
+    }
+    if (data.size < record.receivedLength) {
+      // Only a complete session can get here (a receiving record is corrected when it is read):
+      // its data was lost after it was marked complete, and a short file must not be published.
+      throw new Error(`Session ${id} holds ${data.size} of its ${record.receivedLength} bytes; it cannot be committed`);
     }
 
     const handle = await fs.open(dataPath, 'r+');
@@ -343,6 +373,7 @@ export class FileSystemStorage implements StorageAdapter {
     const { record, dir } = await this.#requireRecord(id);
     // Only the temporary data goes; a committed destination is no longer in the session folder.
     await fs.rm(path.join(dir, DATA_FILE), { force: true });
+    await this.#removeReplyFiles(dir);
     await this.#writeRecord(dir, withoutCommitMarker({ ...record, state, updatedAt: now }));
     debug('session %s %s', id, state);
   }
@@ -373,31 +404,140 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /**
-   * Streams bytes `start` to receivedLength-1 of a `receiving` session's data file. The file is
-   * opened before the promise resolves, so a missing file rejects here rather than failing the
-   * stream; bytes beyond the record (a crash tail) are never included. Consume or destroy the
+   * Streams bytes `start` to receivedLength-1 of the session's data file, while it is the session's:
+   * state `receiving`, or `complete` with the data still in the session folder (not committed). The
+   * file is opened before the promise resolves, so a missing file rejects here rather than failing
+   * the stream; bytes beyond the record (a crash tail) are never included. Consume or destroy the
    * stream: it holds the file open until then.
    */
   async readData(id: string, start: number): Promise<Readable> {
     await this.#init();
     const { record, dir } = await this.#requireRecord(id);
-    if (record.state !== 'receiving') {
+    if (record.state !== 'receiving' && record.state !== 'complete') {
       throw new Error(`Session ${id} is ${record.state}; its data is no longer held in the session`);
     }
     const end = record.receivedLength;
     if (!Number.isSafeInteger(start) || start < 0 || start > end) {
       throw new RangeError(`Cannot read session ${id} from ${String(start)}: it holds ${end} bytes`);
     }
-    if (start === end) return Readable.from([], { objectMode: false });
+    // A receiving session without a data file holds nothing (reconcile), which an empty read reports.
+    if (start === end && record.state === 'receiving') return Readable.from([], { objectMode: false });
     let handle: FileHandle;
     try {
       handle = await fs.open(path.join(dir, DATA_FILE), 'r');
     } catch (error) {
-      // Only an interrupted commit leaves a receiving record with bytes but no data file.
-      if (isErrno(error, 'ENOENT')) throw new Error(`Session ${id} has no data file; an interrupted commit moved it`);
+      if (isErrno(error, 'ENOENT')) throw noDataError(record);
       throw error;
     }
+    if (start === end) {
+      await handle.close();
+      return Readable.from([], { objectMode: false });
+    }
     return handle.createReadStream({ start, end: end - 1 });
+  }
+
+  /**
+   * Streams `body` into a temporary file in the session folder, flushes it (unless the fsync policy
+   * is `never`) and renames it to `reply`, so that a reader sees the old reply or the whole new one;
+   * a stream of the old reply that is already open keeps reading the old bytes. Rejects, keeping any
+   * earlier reply, when `body` fails or storing does; and for sessions that ended (`closed`,
+   * `cancelled`), whose folder holds no temporary data any more.
+   */
+  async writeReply(id: string, body: Readable): Promise<number> {
+    // Until pipeline listens, a failing body must not surface as an unhandled 'error' event.
+    const ignore = (): void => undefined;
+    body.on('error', ignore);
+    try {
+      return await this.#writeReply(id, body);
+    } finally {
+      body.off('error', ignore);
+    }
+  }
+
+  async #writeReply(id: string, body: Readable): Promise<number> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    if (record.state !== 'receiving' && record.state !== 'complete') {
+      throw new Error(`Session ${id} is ${record.state}; it takes no reply`);
+    }
+    // A name of its own: a failed earlier attempt can never mix its bytes into this one.
+    const temp = path.join(dir, `reply.${randomBytes(8).toString('hex')}.tmp`);
+    const file = await fs.open(temp, 'wx');
+    let size = 0;
+    try {
+      try {
+        await pipeline(body, async (source: AsyncIterable<unknown>) => {
+          for await (const chunk of source) {
+            const bytes = toBuffer(chunk, 'A reply');
+            for (let done = 0; done < bytes.length; ) {
+              const { bytesWritten } = await file.write(bytes, done, bytes.length - done, null);
+              done += bytesWritten;
+            }
+            size += bytes.length;
+          }
+        });
+        if (this.#options.fsync !== 'never') await file.sync();
+      } finally {
+        await file.close();
+      }
+      await fs.rename(temp, path.join(dir, REPLY_FILE));
+    } catch (error) {
+      debug('session %s: reply not stored: %s', id, errorText(error));
+      await fs.rm(temp, { force: true }).catch(() => undefined);
+      throw error;
+    }
+    await this.#syncDirectory(dir);
+    debug('session %s: stored a reply of %d bytes', id, size);
+    return size;
+  }
+
+  /**
+   * Streams bytes `start` to `end` (inclusive) of the stored reply; `end` = `start` - 1 is an empty
+   * range (the only one a 0-byte reply has). The file is opened and the range checked against its
+   * size before the promise resolves: a range outside the reply rejects with a RangeError, a
+   * session without a stored reply with an Error. Consume or destroy the stream: it holds the file
+   * open until then.
+   */
+  async readReply(id: string, start: number, end: number): Promise<Readable> {
+    await this.#init();
+    const { dir } = await this.#requireRecord(id);
+    let handle: FileHandle;
+    try {
+      handle = await fs.open(path.join(dir, REPLY_FILE), 'r');
+    } catch (error) {
+      if (isErrno(error, 'ENOENT')) throw new Error(`Session ${id} has no stored reply`);
+      throw error;
+    }
+    try {
+      const stats = await handle.stat();
+      if (!stats.isFile()) throw new Error(`Session ${id} has no stored reply`);
+      checkReplyRange(id, start, end, stats.size);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+    if (end < start) {
+      await handle.close();
+      return Readable.from([], { objectMode: false });
+    }
+    return handle.createReadStream({ start, end });
+  }
+
+  /**
+   * The absolute path of the session's data file, while the data is the session's (state
+   * `receiving`, or `complete` and not committed), for a notification by reference (§10.3). Bytes
+   * beyond receivedLength, which only a crash leaves, are cut when the session is marked complete.
+   * The file belongs to the session: read it, never move or change it.
+   */
+  async localDataFile(id: string): Promise<string> {
+    await this.#init();
+    const { record, dir } = await this.#requireRecord(id);
+    if (record.state !== 'receiving' && record.state !== 'complete') {
+      throw new Error(`Session ${id} is ${record.state}; its data is no longer held in the session`);
+    }
+    const file = path.join(dir, DATA_FILE);
+    if ((await statOrUndefined(file)) === undefined) throw noDataError(record);
+    return file;
   }
 
   /**
@@ -407,7 +547,12 @@ export class FileSystemStorage implements StorageAdapter {
    * - no readable record.json (a crash inside createSession, or junk), or a record of another id:
    *   the folder is removed (`orphansRemoved`); a record of a newer format version is left alone;
    * - a leftover `record.json.tmp` is removed (`orphansRemoved`), and so is the data file of a
-   *   session that is no longer `receiving`;
+   *   session that ended (`closed`, `cancelled`); the data of a `complete` session that was not
+   *   committed (an upload-reply endpoint, §10.1) is the upload and stays;
+   * - replies (§10): a half-written `reply.*.tmp` is removed, and so is a `reply` file of an ended
+   *   session or one its record does not name (`orphansRemoved`); a live record naming a stored
+   *   reply whose file is gone, or of another size, forgets it (`recordsRepaired`), so that the
+   *   next repeat of the final fragment asks the application again;
    * - a `receiving` record whose data file is missing gets an empty one and receivedLength 0, one
    *   whose data file is shorter gets the file's length (`recordsRepaired`; totalLength is kept, the
    *   client resends the rest, bits-protocol.md §6.3); a longer data file is cut back to the record
@@ -463,14 +608,44 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   async #recoverSession(
-    record: StoredRecord,
+    found: StoredRecord,
     dir: string,
     report: { orphansRemoved: number; recordsRepaired: number; commitsFinished: number },
   ): Promise<void> {
+    let record = found;
     const id = record.id;
     if (await removeIfPresent(path.join(dir, RECORD_TEMP))) {
       debug('recover: session %s: removed a leftover %s', id, RECORD_TEMP);
       report.orphansRemoved += 1;
+    }
+
+    // Replies (§10): a half-written one is junk, and so is a reply file of an ended session or one
+    // the record does not name (a crash between writeReply and updateSession: the application is
+    // asked again, and its reply stored again).
+    for (const name of await fs.readdir(dir)) {
+      if (!REPLY_TEMP.test(name)) continue;
+      debug('recover: session %s: removing a half-written reply %s', id, name);
+      await fs.rm(path.join(dir, name), { recursive: true, force: true });
+      report.orphansRemoved += 1;
+    }
+    const live = record.state === 'receiving' || record.state === 'complete';
+    const storedReply = record.reply?.kind === 'stored' ? record.reply : undefined;
+    const replyPath = path.join(dir, REPLY_FILE);
+    const replyFile = await lstatOrUndefined(replyPath);
+    const replyHeld = replyFile !== undefined && replyFile.isFile() && replyFile.size === storedReply?.size;
+    if (replyFile !== undefined && !(live && replyHeld)) {
+      debug('recover: session %s (%s): removing a reply file nothing serves', id, record.state);
+      await fs.rm(replyPath, { recursive: true, force: true });
+      report.orphansRemoved += 1;
+    }
+    if (live && storedReply !== undefined && !replyHeld) {
+      // The recorded reply is lost (stored without fsync) or was being replaced: forgotten, so that
+      // the next repeat of the final fragment asks the application again (§10.4) instead of
+      // offering a reply that cannot be served.
+      debug('recover: session %s: its stored reply is gone; forgetting it', id);
+      record = { ...record, reply: undefined };
+      await this.#writeRecord(dir, record);
+      report.recordsRepaired += 1;
     }
     const dataPath = path.join(dir, DATA_FILE);
     let data = await lstatOrUndefined(dataPath);
@@ -482,8 +657,8 @@ export class FileSystemStorage implements StorageAdapter {
       if (record.state !== 'receiving') report.orphansRemoved += 1;
     }
 
-    if (record.state !== 'receiving') {
-      // A tombstone or a committed session holds no temporary data.
+    if (!live) {
+      // A tombstone holds no temporary data.
       if (data !== undefined) {
         debug('recover: session %s (%s): removing its leftover data', id, record.state);
         await fs.rm(dataPath, { force: true });
@@ -491,6 +666,9 @@ export class FileSystemStorage implements StorageAdapter {
       }
       return;
     }
+    // Complete: committed (no data here), or complete without a commit (an upload-reply endpoint,
+    // §10.1), whose data is the upload and was cut and flushed when it was marked complete.
+    if (record.state === 'complete' && !record.committing) return;
 
     // The bytes held are fewer than recorded (or gone): the record is corrected to them. The
     // commit marker goes too: what is left is not a complete upload.
@@ -522,13 +700,17 @@ export class FileSystemStorage implements StorageAdapter {
           await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
           debug('recover: session %s: the data was at the destination; marked complete', id);
           report.commitsFinished += 1;
-        } else {
+        } else if (record.state === 'receiving') {
           await repair(0);
+        } else {
+          // A complete session cannot go back to receiving; its next commit reports the loss.
+          debug('recover: session %s: complete, but its data is neither here nor at the destination', id);
         }
         return;
       }
       if (data.size < record.receivedLength) {
-        await repair(data.size);
+        if (record.state === 'receiving') await repair(data.size);
+        else debug('recover: session %s: complete, but its data is shorter than recorded; not committed', id);
         return;
       }
       try {
@@ -558,6 +740,37 @@ export class FileSystemStorage implements StorageAdapter {
       } finally {
         await handle.close();
       }
+    }
+  }
+
+  /** Cuts the data file to `length` (dropping a crash tail) and flushes it, as a commit does. */
+  async #settleData(dir: string, length: number): Promise<void> {
+    let handle: FileHandle;
+    try {
+      handle = await fs.open(path.join(dir, DATA_FILE), 'r+');
+    } catch (error) {
+      if (isErrno(error, 'ENOENT')) return;
+      throw error;
+    }
+    try {
+      if ((await handle.stat()).size > length) await handle.truncate(length);
+      if (this.#options.fsync !== 'never') await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Removes the stored reply and any half-written one. */
+  async #removeReplyFiles(dir: string): Promise<void> {
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch (error) {
+      if (isErrno(error, 'ENOENT', 'ENOTDIR')) return;
+      throw error;
+    }
+    for (const name of names) {
+      if (name === REPLY_FILE || REPLY_TEMP.test(name)) await fs.rm(path.join(dir, name), { recursive: true, force: true });
     }
   }
 
@@ -753,11 +966,44 @@ async function reconcile(record: StoredRecord, dir: string): Promise<StoredRecor
   return { ...record, receivedLength: onDisk, sha256: undefined };
 }
 
-function toBuffer(chunk: unknown): Buffer {
+function toBuffer(chunk: unknown, what = 'A fragment body'): Buffer {
   if (Buffer.isBuffer(chunk)) return chunk;
   if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
   if (ArrayBuffer.isView(chunk)) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-  throw new TypeError(`A fragment body must yield bytes, got ${show(chunk)}`);
+  throw new TypeError(`${what} must yield bytes, got ${show(chunk)}`);
+}
+
+/** Why a live session has no data file to read. */
+function noDataError(record: StoredRecord): Error {
+  if (record.state === 'complete' && !record.committing) {
+    return new Error(`Session ${record.id} is complete and its data was committed to its destination`);
+  }
+  // Only an interrupted commit leaves a receiving record with bytes but no data file.
+  return new Error(`Session ${record.id} has no data file; an interrupted commit moved it`);
+}
+
+/** Bytes `start` to `end` (inclusive) of a reply of `size` bytes; `end` = `start` - 1 is empty. */
+function checkReplyRange(id: string, start: number, end: number, size: number): void {
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start - 1 || end >= size) {
+    throw new RangeError(`Cannot read bytes ${String(start)}-${String(end)} of the reply of session ${id}: it holds ${size} bytes`);
+  }
+}
+
+/** A validated copy of a reply (from record.json or updateSession), or undefined when it is malformed. */
+function parseReply(value: unknown): StoredReply | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+  const { kind, size, storedAt, url, copyToDestination } = value as Record<string, unknown>;
+  if (typeof copyToDestination !== 'boolean') return undefined;
+  if (kind === 'stored') {
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) return undefined;
+    if (typeof storedAt !== 'number' || !Number.isFinite(storedAt)) return undefined;
+    return Object.freeze({ kind, size, storedAt, copyToDestination });
+  }
+  if (kind === 'url') {
+    if (typeof url !== 'string' || url === '') return undefined;
+    return Object.freeze({ kind, url, copyToDestination });
+  }
+  return undefined;
 }
 
 async function kindOf(target: string): Promise<DestinationKind> {
@@ -853,6 +1099,7 @@ function publicRecord(record: StoredRecord): SessionRecord {
     updatedAt: record.updatedAt,
     sha256: record.sha256,
     delivered: record.delivered,
+    reply: record.reply,
   });
 }
 
@@ -871,6 +1118,7 @@ function serializeRecord(record: StoredRecord): string {
     updatedAt: record.updatedAt,
     sha256: record.sha256 ?? null,
     delivered: record.delivered,
+    reply: record.reply ?? null,
     ...(record.committing === true && { committing: true, commitOverwrite: record.commitOverwrite === true }),
   })}\n`;
 }
@@ -895,7 +1143,7 @@ function parseRecord(text: string, dir: string): StoredRecord {
   const isLength = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
   const { id, destination, urlPath, principal, protocol, totalLength, receivedLength, state, createdAt, updatedAt } = v;
   // Absent in records written before these fields existed (still version 1).
-  const { sha256 = null, delivered = false, committing = false, commitOverwrite = false } = v;
+  const { sha256 = null, delivered = false, reply = null, committing = false, commitOverwrite = false } = v;
   if (typeof id !== 'string') fail('id');
   if (!Array.isArray(destination) || !destination.every((s): s is string => typeof s === 'string')) fail('destination');
   if (typeof urlPath !== 'string') fail('urlPath');
@@ -907,6 +1155,8 @@ function parseRecord(text: string, dir: string): StoredRecord {
   if (typeof createdAt !== 'number' || typeof updatedAt !== 'number') fail('timestamps');
   if (sha256 !== null && typeof sha256 !== 'string') fail('sha256');
   if (typeof delivered !== 'boolean') fail('delivered');
+  const parsedReply = reply === null ? undefined : parseReply(reply);
+  if (reply !== null && parsedReply === undefined) fail('reply');
   return {
     id: id as string,
     destination: destination as string[],
@@ -920,6 +1170,7 @@ function parseRecord(text: string, dir: string): StoredRecord {
     updatedAt: updatedAt as number,
     sha256: (sha256 as string | null) ?? undefined,
     delivered: delivered as boolean,
+    reply: parsedReply,
     ...(committing === true && { committing: true, commitOverwrite: commitOverwrite === true }),
   };
 }

@@ -14,6 +14,7 @@ export type {
   SessionRecord,
   SessionState,
   StorageAdapter,
+  StoredReply,
 } from './adapter';
 export { FileSystemStorage } from './filesystem';
 export type { FileSystemStorageOptions, FsyncPolicy } from './filesystem';

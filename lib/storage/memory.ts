@@ -28,6 +28,10 @@ interface Entry {
   record: SessionRecord;
   /** Received bytes, kept as the chunks they arrived in. */
   chunks: Buffer[];
+  /** The data went to the destination; a `complete` session without it still holds its data (§10.1). */
+  committed: boolean;
+  /** The stored reply (§10), replaced as a whole. */
+  reply: Buffer | undefined;
 }
 
 /**
@@ -75,8 +79,9 @@ export class MemoryStorage implements StorageAdapter {
       updatedAt: session.createdAt,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
     });
-    this.#sessions.set(session.id, { record, chunks: [] });
+    this.#sessions.set(session.id, { record, chunks: [], committed: false, reply: undefined });
     return record;
   }
 
@@ -93,6 +98,7 @@ export class MemoryStorage implements StorageAdapter {
       ...(changes.updatedAt !== undefined && { updatedAt: changes.updatedAt }),
       ...(changes.sha256 !== undefined && { sha256: changes.sha256 }),
       ...(changes.delivered !== undefined && { delivered: changes.delivered }),
+      ...(changes.reply !== undefined && { reply: changes.reply }),
     });
     return entry.record;
   }
@@ -142,8 +148,11 @@ export class MemoryStorage implements StorageAdapter {
   async commit(id: string, options: CommitOptions): Promise<void> {
     const entry = this.#require(id);
     const { record } = entry;
-    if (record.state === 'complete') return;
-    if (record.state !== 'receiving') throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
+    // A complete session not yet committed (an upload-reply endpoint, §10.1) is committed now (§10.4).
+    if (record.state === 'complete' && entry.committed) return;
+    if (record.state !== 'receiving' && record.state !== 'complete') {
+      throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
+    }
     if (record.totalLength !== undefined && record.receivedLength !== record.totalLength) {
       throw new Error(`Session ${id} holds ${record.receivedLength} of ${record.totalLength} bytes; it cannot be committed`);
     }
@@ -161,12 +170,14 @@ export class MemoryStorage implements StorageAdapter {
     // One synchronous step: readers see the old file or the new one.
     this.#files.set(key, Buffer.concat(entry.chunks));
     entry.chunks = [];
+    entry.committed = true;
     entry.record = freeze({ ...record, state: 'complete' });
   }
 
   async endSession(id: string, state: 'closed' | 'cancelled', now: number): Promise<void> {
     const entry = this.#require(id);
     entry.chunks = [];
+    entry.reply = undefined;
     entry.record = freeze({ ...entry.record, state, updatedAt: now });
   }
 
@@ -182,7 +193,12 @@ export class MemoryStorage implements StorageAdapter {
   async readData(id: string, start: number): Promise<Readable> {
     const entry = this.#require(id);
     const { record } = entry;
-    if (record.state !== 'receiving') throw new Error(`Session ${id} is ${record.state}; its data is no longer held in the session`);
+    if (record.state === 'complete' && entry.committed) {
+      throw new Error(`Session ${id} is complete and its data was committed to its destination`);
+    }
+    if (record.state !== 'receiving' && record.state !== 'complete') {
+      throw new Error(`Session ${id} is ${record.state}; its data is no longer held in the session`);
+    }
     const end = record.receivedLength;
     if (!Number.isSafeInteger(start) || start < 0 || start > end) {
       throw new RangeError(`Cannot read session ${id} from ${String(start)}: it holds ${end} bytes`);
@@ -201,7 +217,48 @@ export class MemoryStorage implements StorageAdapter {
     return Readable.from(slices(), { objectMode: false });
   }
 
-  // No recover(): nothing survives a restart, so nothing can be left half-done.
+  async writeReply(id: string, body: Readable): Promise<number> {
+    const entry = this.#require(id);
+    const { state } = entry.record;
+    if (state !== 'receiving' && state !== 'complete') throw new Error(`Session ${id} is ${state}; it takes no reply`);
+    const chunks: Buffer[] = [];
+    // A failing body rejects and keeps the earlier reply.
+    for await (const chunk of body as AsyncIterable<unknown>) {
+      if (typeof chunk !== 'string' && !ArrayBuffer.isView(chunk)) {
+        body.destroy();
+        throw new TypeError(`A reply must yield bytes, got ${typeof chunk}`);
+      }
+      chunks.push(
+        typeof chunk === 'string'
+          ? Buffer.from(chunk, 'utf8')
+          : Buffer.from(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength)),
+      );
+    }
+    // The session may have ended while the body was read.
+    if (this.#sessions.get(id) !== entry || (entry.record.state !== 'receiving' && entry.record.state !== 'complete')) {
+      throw new Error(`Session ${id} ended while its reply was stored`);
+    }
+    entry.reply = Buffer.concat(chunks);
+    return entry.reply.length;
+  }
+
+  async readReply(id: string, start: number, end: number): Promise<Readable> {
+    const { reply } = this.#require(id);
+    if (reply === undefined) throw new Error(`Session ${id} has no stored reply`);
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start - 1 || end >= reply.length) {
+      throw new RangeError(`Cannot read bytes ${String(start)}-${String(end)} of the reply of session ${id}: it holds ${reply.length} bytes`);
+    }
+    // `end` = `start` - 1 is the empty range of a 0-byte reply. A copy, in stream-sized chunks: a
+    // replacement stored meanwhile does not change what this stream reads.
+    const bytes = Buffer.from(reply.subarray(start, end + 1));
+    function* slices(): Generator<Buffer> {
+      for (let i = 0; i < bytes.length; i += 64 * 1024) yield bytes.subarray(i, i + 64 * 1024);
+    }
+    return Readable.from(slices(), { objectMode: false });
+  }
+
+  // No localDataFile(): nothing is on disk. No recover(): nothing survives a restart, so nothing
+  // can be left half-done.
 
   #require(id: string): Entry {
     const entry = this.#sessions.get(id);
@@ -229,5 +286,9 @@ function validate(destination: Destination): void {
 }
 
 function freeze(record: SessionRecord): SessionRecord {
-  return Object.freeze({ ...record, destination: Object.freeze([...record.destination]) });
+  return Object.freeze({
+    ...record,
+    destination: Object.freeze([...record.destination]),
+    reply: record.reply && Object.freeze({ ...record.reply }),
+  });
 }

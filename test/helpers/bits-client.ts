@@ -652,6 +652,19 @@ async function writeAll(socket: net.Socket, data: Buffer): Promise<void> {
   });
 }
 
+/** Waits for 'drain' or 'close', whichever comes first, and removes the other listener. */
+function drainOrClose(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
 async function sendParts(socket: net.Socket, parts: readonly (Buffer | Readable)[]): Promise<void> {
   for (const part of parts) {
     if (Buffer.isBuffer(part)) {
@@ -661,7 +674,7 @@ async function sendParts(socket: net.Socket, parts: readonly (Buffer | Readable)
     for await (const chunk of part) {
       if (socket.destroyed) throw new Error('socket closed while sending the body');
       const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk), 'latin1');
-      if (!socket.write(data)) await Promise.race([once(socket, 'drain'), once(socket, 'close')]);
+      if (!socket.write(data)) await drainOrClose(socket);
     }
   }
 }

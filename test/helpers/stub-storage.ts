@@ -31,6 +31,8 @@ export interface StorageCall {
 interface Entry {
   record: SessionRecord;
   data: Buffer;
+  /** Reply bytes stored with writeReply (bits-protocol.md §10); temporary data like `data`. */
+  reply: Buffer | undefined;
 }
 
 export class StubStorage implements StorageAdapter {
@@ -77,6 +79,11 @@ export class StubStorage implements StorageAdapter {
     return this.#sessions.get(id)?.data;
   }
 
+  /** The stored reply bytes of a session, if any. */
+  replyOf(id: string): Buffer | undefined {
+    return this.#sessions.get(id)?.reply;
+  }
+
   /** The committed file at a slash-joined path, as text. */
   fileText(path: string): string | undefined {
     return this.files.get(path)?.toString('latin1');
@@ -99,8 +106,9 @@ export class StubStorage implements StorageAdapter {
       updatedAt: session.createdAt,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
     };
-    this.#sessions.set(session.id, { record, data: Buffer.alloc(0) });
+    this.#sessions.set(session.id, { record, data: Buffer.alloc(0), reply: undefined });
     return record;
   }
 
@@ -163,6 +171,7 @@ export class StubStorage implements StorageAdapter {
     await this.#enter('endSession', [id, state, now]);
     const entry = this.#require(id);
     entry.data = Buffer.alloc(0);
+    entry.reply = undefined;
     entry.record = { ...entry.record, state, updatedAt: now };
   }
 
@@ -182,9 +191,26 @@ export class StubStorage implements StorageAdapter {
     return Readable.from([entry.data.subarray(start)]);
   }
 
+  /** Stores the whole body as the reply once it ended; a body that errors rejects and keeps nothing. */
+  async writeReply(id: string, body: Readable): Promise<number> {
+    await this.#enter('writeReply', [id]);
+    const entry = this.#require(id);
+    const parts: Buffer[] = [];
+    for await (const chunk of body) parts.push(chunk as Buffer);
+    entry.reply = Buffer.concat(parts);
+    return entry.reply.length;
+  }
+
+  async readReply(id: string, start: number, end: number): Promise<Readable> {
+    await this.#enter('readReply', [id, start, end]);
+    const reply = this.#require(id).reply;
+    if (reply === undefined) throw new Error(`session ${id} has no reply`);
+    return Readable.from([reply.subarray(start, end + 1)]);
+  }
+
   /** Adds a record as another process (or the process before a restart) left it. */
-  seed(record: SessionRecord, data: Buffer = Buffer.alloc(0)): void {
-    this.#sessions.set(record.id, { record, data });
+  seed(record: SessionRecord, data: Buffer = Buffer.alloc(0), reply?: Buffer): void {
+    this.#sessions.set(record.id, { record, data, reply });
   }
 
   async #enter(method: StorageMethod, args: readonly unknown[]): Promise<void> {

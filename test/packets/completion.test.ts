@@ -32,6 +32,7 @@ function leftOver(id: string, received: number, total: number, overrides: Partia
     updatedAt: 1_700_000_000_000,
     sha256: undefined,
     delivered: false,
+    reply: undefined,
     ...overrides,
   };
 }

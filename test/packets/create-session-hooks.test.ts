@@ -185,6 +185,7 @@ describe('session limits (§5.4)', () => {
       updatedAt: h.now,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
       ...fields,
     });
     h.storage.seed(record('{00000000-0000-4000-8000-000000000001}', {}));
@@ -227,6 +228,7 @@ describe('session limits (§5.4)', () => {
       updatedAt: h.now,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
     });
     const release = h.storage.hold('listSessions');
     const create = h.create();

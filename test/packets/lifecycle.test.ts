@@ -31,6 +31,7 @@ function record(h: PacketHarness, n: number, fields: Partial<SessionRecord> = {}
     updatedAt: h.now,
     sha256: undefined,
     delivered: false,
+    reply: undefined,
     ...fields,
   };
 }

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { FileSystemStorage, runStorageAdapterConformance } from '../../lib/storage';
-import type { Destination, FileSystemStorageOptions, NewSession, SessionRecord } from '../../lib/storage';
+import type { Destination, FileSystemStorageOptions, NewSession, SessionRecord, StoredReply } from '../../lib/storage';
 import { sessionFolderName } from '../../lib/storage/filesystem';
 
 async function readOrUndefined(file: string): Promise<Buffer | undefined> {
@@ -66,6 +66,9 @@ describe('FileSystemStorage', () => {
   let storage: FileSystemStorage;
   const sessionDir = (id: string): string => path.join(root, '.bits-sessions', sessionFolderName(id));
   const dataFile = (id: string): string => path.join(sessionDir(id), 'data');
+  const replyFile = (id: string): string => path.join(sessionDir(id), 'reply');
+  /** Names of half-written replies in a session folder. */
+  const replyTemps = async (id: string): Promise<string[]> => (await fs.readdir(sessionDir(id))).filter((name) => /^reply\..*\.tmp$/.test(name));
 
   beforeEach(async () => {
     base = await fs.mkdtemp(path.join(os.tmpdir(), 'bits-fs-'));
@@ -83,6 +86,19 @@ describe('FileSystemStorage', () => {
       await storage.writeFragment(record.id, 0, body(content));
     }
     return record;
+  }
+
+  /** A whole upload with its reply stored and recorded, still `receiving`, as the middleware has it before it commits. */
+  async function replied(destination: Destination, content: Buffer, reply: string, copyToDestination = false): Promise<SessionRecord> {
+    const record = await started(destination, content);
+    const size = await storage.writeReply(record.id, body(reply));
+    return storage.updateSession(record.id, { reply: { kind: 'stored', size, storedAt: Date.now(), copyToDestination } });
+  }
+
+  /** A complete upload kept in the session (an upload-reply endpoint, §10.1), with a stored reply if given. */
+  async function kept(destination: Destination, content: Buffer, reply?: string): Promise<SessionRecord> {
+    const record = reply === undefined ? await started(destination, content) : await replied(destination, content, reply);
+    return storage.updateSession(record.id, { state: 'complete' });
   }
 
   describe('options', () => {
@@ -350,6 +366,179 @@ describe('FileSystemStorage', () => {
     });
   });
 
+  describe('upload-reply sessions (§10)', () => {
+    it('keeps the reply as `reply` next to the data, and its record in record.json', async () => {
+      const record = await kept(['r.bin'], Buffer.from('upload'), 'HELLO');
+      expect((await fs.readFile(replyFile(record.id))).toString()).toBe('HELLO');
+      expect((await fs.readFile(dataFile(record.id))).toString()).toBe('upload');
+      expect(await storedRecord(record.id)).toMatchObject({
+        version: 1,
+        state: 'complete',
+        reply: { kind: 'stored', size: 5, storedAt: record.reply?.kind === 'stored' ? record.reply.storedAt : -1, copyToDestination: false },
+      });
+      expect(await replyTemps(record.id)).toEqual([]);
+
+      const url: StoredReply = { kind: 'url', url: 'https://static.example.com/x', copyToDestination: false };
+      await storage.updateSession(record.id, { reply: url });
+      expect((await storedRecord(record.id))['reply']).toEqual(url);
+      expect((await started(['fresh.bin'])).reply).toBeUndefined();
+      expect(await storedRecord((await started(['fresh2.bin'])).id)).toMatchObject({ reply: null });
+    });
+
+    it('writes a 20 MiB reply to disk as it reads it, not after', async () => {
+      const record = await kept(['big-reply.bin'], Buffer.from('upload'));
+      const size = 20 * 1024 * 1024;
+      const chunk = bytes(64 * 1024);
+      let maxLag = 0;
+      async function* produce(): AsyncGenerator<Buffer> {
+        for (let produced = 0; produced < size; produced += chunk.length) {
+          if (produced % (1024 * 1024) === 0 && produced > 0) {
+            const [temp] = await replyTemps(record.id);
+            const onDisk = temp === undefined ? 0 : (await fs.stat(path.join(sessionDir(record.id), temp))).size;
+            maxLag = Math.max(maxLag, produced - onDisk);
+          }
+          yield Buffer.from(chunk);
+        }
+      }
+      await expect(storage.writeReply(record.id, Readable.from(produce()))).resolves.toBe(size);
+      expect(maxLag).toBeLessThanOrEqual(2 * 1024 * 1024);
+      expect((await fs.stat(replyFile(record.id))).size).toBe(size);
+    });
+
+    it('replaces the reply atomically: a stream opened before reads the old bytes', async () => {
+      const record = await kept(['swap.bin'], Buffer.from('upload'), 'old reply bytes');
+      const before = await storage.readReply(record.id, 0, 14);
+      await storage.writeReply(record.id, body('new'));
+      expect((await readAll(before)).toString()).toBe('old reply bytes');
+      expect((await readAll(await storage.readReply(record.id, 0, 2))).toString()).toBe('new');
+    });
+
+    it('keeps the earlier reply and leaves no temporary file when the body fails', async () => {
+      const record = await kept(['failing.bin'], Buffer.from('upload'), 'earlier');
+      async function* failing(): AsyncGenerator<Buffer> {
+        yield bytes(70_000);
+        await delay(10);
+        throw new Error('the application stream failed');
+      }
+      await expect(storage.writeReply(record.id, Readable.from(failing()))).rejects.toThrow(/application stream failed/);
+      const notBytes = Readable.from([{ not: 'bytes' }]);
+      await expect(storage.writeReply(record.id, notBytes)).rejects.toThrow(/A reply must yield bytes/);
+      expect((await readAll(await storage.readReply(record.id, 0, 6))).toString()).toBe('earlier');
+      expect(await replyTemps(record.id)).toEqual([]);
+    });
+
+    it('takes no reply for a session that ended', async () => {
+      for (const state of ['closed', 'cancelled'] as const) {
+        const record = await kept([`${state}.bin`], Buffer.from('upload'));
+        await storage.endSession(record.id, state, Date.now());
+        await expect(storage.writeReply(record.id, body('late'))).rejects.toThrow(new RegExp(`is ${state}`));
+        await expect(fs.stat(replyFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+      }
+    });
+
+    it('endSession removes the reply and a half-written one, and the data kept in the session', async () => {
+      const record = await kept(['ending.bin'], Buffer.from('upload'), 'reply');
+      await fs.writeFile(path.join(sessionDir(record.id), 'reply.0123abcd.tmp'), 'half');
+      await storage.endSession(record.id, 'closed', Date.now());
+      expect((await fs.readdir(sessionDir(record.id))).sort()).toEqual(['record.json']);
+    });
+
+    it('rejects readReply of a reply entry that is not a file as "no stored reply"', async () => {
+      const record = await kept(['dir-reply.bin'], Buffer.from('upload'));
+      await fs.mkdir(replyFile(record.id));
+      await expect(storage.readReply(record.id, 0, 0)).rejects.toThrow(/no stored reply/);
+    });
+
+    it('cuts a crash tail and keeps the data when a session is marked complete without a commit', async () => {
+      const content = bytes(500);
+      const record = await started(['tail-kept.bin'], content);
+      await fs.appendFile(dataFile(record.id), Buffer.alloc(100, 0xee));
+      await storage.updateSession(record.id, { state: 'complete' });
+      expect((await fs.readFile(dataFile(record.id))).equals(content)).toBe(true);
+      expect((await readAll(await storage.readData(record.id, 0))).equals(content)).toBe(true);
+    });
+
+    it('localDataFile names the data file while it is the session\'s', async () => {
+      const receiving = await started(['local.bin'], Buffer.from('abc'));
+      await expect(storage.localDataFile(receiving.id)).resolves.toBe(dataFile(receiving.id));
+      const complete = await kept(['local-kept.bin'], Buffer.from('kept'));
+      await expect(storage.localDataFile(complete.id)).resolves.toBe(dataFile(complete.id));
+      expect(path.isAbsolute(await storage.localDataFile(complete.id))).toBe(true);
+      await storage.commit(complete.id, { overwrite: false });
+      await expect(storage.localDataFile(complete.id)).rejects.toThrow(/is complete and its data was committed/);
+      await storage.endSession(receiving.id, 'cancelled', Date.now());
+      await expect(storage.localDataFile(receiving.id)).rejects.toThrow(/is cancelled/);
+    });
+
+    it('commits a session marked complete whose data is still here, once; the overwrite rules hold', async () => {
+      const record = await kept(['taken.bin'], Buffer.from('replacement'), 'reply');
+      await fs.writeFile(path.join(root, 'taken.bin'), 'original');
+      await expect(storage.commit(record.id, { overwrite: false })).rejects.toMatchObject({ code: 'BITS_DESTINATION_EXISTS' });
+      expect((await readAll(await storage.readData(record.id, 0))).toString()).toBe('replacement');
+      await storage.commit(record.id, { overwrite: true });
+      expect((await fs.readFile(path.join(root, 'taken.bin'))).toString()).toBe('replacement');
+      await expect(storage.readData(record.id, 0)).rejects.toThrow(/is complete and its data was committed/);
+      await storage.commit(record.id, { overwrite: true });
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'complete', reply: record.reply });
+      expect((await readAll(await storage.readReply(record.id, 0, 4))).toString()).toBe('reply');
+    });
+
+    it('reads the empty range end = start - 1 of a reply, as of a 0-byte one', async () => {
+      const record = await kept(['empty-reply.bin'], Buffer.from('upload'));
+      await expect(storage.writeReply(record.id, Readable.from([]))).resolves.toBe(0);
+      expect((await readAll(await storage.readReply(record.id, 0, -1))).length).toBe(0);
+      await expect(storage.readReply(record.id, 0, 0)).rejects.toThrow(RangeError);
+      await expect(storage.readReply(record.id, 1, 0)).rejects.toThrow(RangeError);
+      await storage.writeReply(record.id, body('abc'));
+      expect((await readAll(await storage.readReply(record.id, 3, 2))).length).toBe(0);
+      await expect(storage.readReply(record.id, 4, 3)).rejects.toThrow(RangeError);
+    });
+
+    it('refuses to commit a complete session whose data turned out shorter than recorded', async () => {
+      const record = await kept(['short-kept.bin'], bytes(100));
+      await fs.truncate(dataFile(record.id), 40);
+      await expect(storage.commit(record.id, { overwrite: false })).rejects.toThrow(/holds 40 of its 100 bytes/);
+      await expect(fs.stat(path.join(root, 'short-kept.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('refuses a reply that record.json could not hold, and writes nothing', async () => {
+      const record = await kept(['bad-reply.bin'], Buffer.from('upload'));
+      const before = await fs.readFile(path.join(sessionDir(record.id), 'record.json'));
+      for (const reply of [
+        { kind: 'stored', size: -1, storedAt: 1, copyToDestination: false },
+        { kind: 'stored', size: Number.NaN, storedAt: 1, copyToDestination: false },
+        { kind: 'url', url: '', copyToDestination: false },
+        { kind: 'url', url: 'https://x.example/', copyToDestination: 'yes' },
+        { kind: 'other', copyToDestination: false },
+      ]) {
+        await expect(storage.updateSession(record.id, { reply: reply as unknown as StoredReply })).rejects.toThrow(TypeError);
+      }
+      expect((await fs.readFile(path.join(sessionDir(record.id), 'record.json'))).equals(before)).toBe(true);
+    });
+
+    it.each([
+      ['a reply that is a string', 'stored'],
+      ['a reply without a kind', { size: 1, storedAt: 1, copyToDestination: false }],
+      ['a stored reply with a fractional size', { kind: 'stored', size: 1.5, storedAt: 1, copyToDestination: false }],
+      ['a stored reply without storedAt', { kind: 'stored', size: 1, copyToDestination: false }],
+      ['a URL reply without a URL', { kind: 'url', copyToDestination: true }],
+      ['a reply without copyToDestination', { kind: 'url', url: 'https://x.example/' }],
+    ])('treats a record with %s as corrupt', async (_label, reply) => {
+      const record = await started(['corrupt-reply.bin']);
+      await plantRecord(record.id, (stored) => ({ ...stored, reply }));
+      await expect(storage.getSession(record.id)).rejects.toThrow(/Corrupt session record.*bad reply/);
+    });
+
+    it('loads a record written before reply existed as having none', async () => {
+      const record = await started(['pre-reply.bin'], Buffer.from('x'));
+      await plantRecord(record.id, ({ reply: _reply, ...older }) => older);
+      expect(await storedRecord(record.id)).not.toHaveProperty('reply');
+      const loaded = await new FileSystemStorage({ directory: root }).getSession(record.id);
+      expect(loaded).toMatchObject({ receivedLength: 1 });
+      expect(loaded?.reply).toBeUndefined();
+    });
+  });
+
   describe('recover', () => {
     const nothing = { orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 };
     const sessionsRoot = (): string => path.join(root, '.bits-sessions');
@@ -381,7 +570,14 @@ describe('FileSystemStorage', () => {
       await storage.endSession(closed.id, 'closed', Date.now());
       const cancelled = await started(['fine', 'cancelled.bin'], Buffer.from('partial'));
       await storage.endSession(cancelled.id, 'cancelled', Date.now());
-      const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id];
+      // Upload-reply sessions (§10.1): the upload kept in the session with its reply, a URL reply,
+      // and one placed at its destination too.
+      const withReply = await kept(['fine', 'kept.bin'], Buffer.from('kept'), 'kept reply');
+      const withUrl = await kept(['fine', 'url.bin'], Buffer.from('url'));
+      await storage.updateSession(withUrl.id, { reply: { kind: 'url', url: 'https://static.example.com/r', copyToDestination: false } });
+      const copied = await replied(['fine', 'copied.bin'], Buffer.from('copied'), '', true);
+      await storage.commit(copied.id, { overwrite: false });
+      const ids = [receiving.id, empty.id, complete.id, closed.id, cancelled.id, withReply.id, withUrl.id, copied.id];
       healthy = {
         ids,
         records: await Promise.all(ids.map((id) => storage.getSession(id))),
@@ -465,6 +661,90 @@ describe('FileSystemStorage', () => {
       await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
       await expect(fs.stat(dataFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
       await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'cancelled' });
+    });
+
+    describe('replies', () => {
+      it('removes half-written replies, in live and ended sessions, and keeps the stored reply', async () => {
+        const live = await kept(['temp-live.bin'], Buffer.from('upload'), 'the reply');
+        await fs.writeFile(path.join(sessionDir(live.id), 'reply.00ff.tmp'), 'half a rep');
+        await fs.writeFile(path.join(sessionDir(live.id), 'reply.1234abcd5678ef90.tmp'), '');
+        const receiving = await started(['temp-receiving.bin'], Buffer.from('partial'));
+        await fs.writeFile(path.join(sessionDir(receiving.id), 'reply.abc.tmp'), 'x');
+        const ended = await kept(['temp-ended.bin'], Buffer.from('upload'));
+        await storage.endSession(ended.id, 'cancelled', Date.now());
+        await fs.writeFile(path.join(sessionDir(ended.id), 'reply.abc.tmp'), 'x');
+        await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 4 });
+        for (const { id } of [live, receiving, ended]) expect(await replyTemps(id)).toEqual([]);
+        expect((await fs.readFile(replyFile(live.id))).toString()).toBe('the reply');
+        expect((await fs.readFile(dataFile(live.id))).toString()).toBe('upload');
+        await expect(storage.getSession(live.id)).resolves.toMatchObject({ state: 'complete', reply: { kind: 'stored', size: 9 } });
+      });
+
+      it('removes the reply file of an ended session, keeping its tombstone', async () => {
+        const record = await kept(['ended-reply.bin'], Buffer.from('upload'), 'reply');
+        const reply = record.reply;
+        await storage.endSession(record.id, 'closed', Date.now());
+        await fs.writeFile(replyFile(record.id), 'reply');
+        await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+        expect((await fs.readdir(sessionDir(record.id))).sort()).toEqual(['record.json']);
+        await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'closed', reply });
+      });
+
+      it('removes a reply file the record does not name (a crash before it was recorded)', async () => {
+        const record = await kept(['unrecorded.bin'], Buffer.from('upload'));
+        await storage.writeReply(record.id, body('never recorded'));
+        const linked = await kept(['linked.bin'], Buffer.from('upload'));
+        await storage.updateSession(linked.id, { reply: { kind: 'url', url: 'https://static.example.com/r', copyToDestination: false } });
+        await fs.writeFile(replyFile(linked.id), 'stray');
+        await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 2 });
+        await expect(fs.stat(replyFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+        await expect(fs.stat(replyFile(linked.id))).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await fs.readFile(dataFile(record.id))).toString()).toBe('upload');
+      });
+
+      it('forgets a recorded reply whose file is gone or is not the one recorded, so that the application is asked again', async () => {
+        const lost = await kept(['lost-reply.bin'], Buffer.from('upload'), 'lost');
+        await fs.rm(replyFile(lost.id));
+        const replaced = await kept(['replaced-reply.bin'], Buffer.from('upload'), 'first');
+        await storage.writeReply(replaced.id, body('a longer second reply'));
+        await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1, recordsRepaired: 2 });
+        for (const { id } of [lost, replaced]) {
+          const record = await storage.getSession(id);
+          expect(record).toMatchObject({ state: 'complete', receivedLength: 6 });
+          expect(record?.reply).toBeUndefined();
+          await expect(fs.stat(replyFile(id))).rejects.toMatchObject({ code: 'ENOENT' });
+          expect((await readAll(await storage.readData(id, 0))).toString()).toBe('upload');
+        }
+      });
+
+      it('finishes an interrupted commit of an upload copied to its destination (§10.4), keeping its reply', async () => {
+        const inFolder = await replied(['copy-in-folder.bin'], Buffer.from('in folder'), 'reply one', true);
+        await plantRecord(inFolder.id, (stored) => ({ ...stored, committing: true, commitOverwrite: false }));
+        // Marked complete first, then committed (see "commits a session marked complete" above).
+        const moved = await kept(['copy-moved.bin'], Buffer.from('moved'), 'reply two');
+        await plantRecord(moved.id, (stored) => ({ ...stored, committing: true, commitOverwrite: false }));
+        await fs.rename(dataFile(moved.id), path.join(root, 'copy-moved.bin'));
+        await expect(recover()).resolves.toEqual({ ...nothing, commitsFinished: 2 });
+        for (const [record, name, content, reply] of [
+          [inFolder, 'copy-in-folder.bin', 'in folder', 'reply one'],
+          [moved, 'copy-moved.bin', 'moved', 'reply two'],
+        ] as const) {
+          expect(await storedRecord(record.id)).not.toHaveProperty('committing');
+          expect((await fs.readFile(path.join(root, name))).toString()).toBe(content);
+          await expect(fs.stat(dataFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+          await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'complete', reply: record.reply });
+          expect((await readAll(await storage.readReply(record.id, 0, reply.length - 1))).toString()).toBe(reply);
+        }
+      });
+
+      it('never publishes a complete session\'s data that is shorter than recorded', async () => {
+        const record = await kept(['copy-short.bin'], bytes(100), 'reply');
+        await plantRecord(record.id, (stored) => ({ ...stored, committing: true, commitOverwrite: false }));
+        await fs.truncate(dataFile(record.id), 30);
+        await expect(recover()).resolves.toEqual(nothing);
+        await expect(fs.stat(path.join(root, 'copy-short.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+        await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'complete', receivedLength: 100 });
+      });
     });
 
     it('leaves a record of a newer format version, and files that are not session folders, alone', async () => {
@@ -783,6 +1063,18 @@ describe('FileSystemStorage', () => {
       proto.sync = realSync;
       expect((await storage.getSession(record.id))?.receivedLength).toBe(100);
       expect((await fs.stat(dataFile(record.id))).size).toBe(100);
+    });
+
+    it('keeps the earlier reply and no temporary file when storing a reply fails (ENOSPC, fsync)', async () => {
+      const record = await kept(['reply-full.bin'], Buffer.from('upload'), 'earlier');
+      proto.write = () => Promise.reject(errno('ENOSPC'));
+      await expect(storage.writeReply(record.id, body(bytes(5000)))).rejects.toMatchObject({ code: 'ENOSPC' });
+      proto.write = realWrite;
+      proto.sync = () => Promise.reject(errno('EIO'));
+      await expect(storage.writeReply(record.id, body(bytes(5000)))).rejects.toMatchObject({ code: 'EIO' });
+      proto.sync = realSync;
+      expect((await readAll(await storage.readReply(record.id, 0, 6))).toString()).toBe('earlier');
+      expect(await replyTemps(record.id)).toEqual([]);
     });
 
     describe('when the record no longer fits on the disk', () => {

@@ -80,6 +80,86 @@ describe('MemoryStorage', () => {
     expect((new MemoryStorage() as StorageAdapter).recover).toBeUndefined();
   });
 
+  it('has no localDataFile(): nothing is on disk', () => {
+    expect((new MemoryStorage() as StorageAdapter).localDataFile).toBeUndefined();
+  });
+
+  describe('replies', () => {
+    async function readAll(stream: Readable): Promise<Buffer> {
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+      return Buffer.concat(chunks);
+    }
+
+    async function completeSession(storage: MemoryStorage): Promise<string> {
+      const session = await storage.createSession(newSession(['r.bin']));
+      await storage.writeFragment(session.id, 0, Readable.from([Buffer.from('upload')]));
+      await storage.updateSession(session.id, { state: 'complete' });
+      return session.id;
+    }
+
+    it('a stream opened before a replacement reads the old reply, and copies', async () => {
+      const storage = new MemoryStorage();
+      const id = await completeSession(storage);
+      await storage.writeReply(id, Readable.from([Buffer.from('old reply')]));
+      const before = await storage.readReply(id, 0, 8);
+      await storage.writeReply(id, Readable.from([Buffer.from('new')]));
+      const read = await readAll(before);
+      expect(read.toString()).toBe('old reply');
+      read.fill(0);
+      expect((await readAll(await storage.readReply(id, 0, 2))).toString()).toBe('new');
+    });
+
+    it('keeps the earlier reply when the body fails or yields something other than bytes', async () => {
+      const storage = new MemoryStorage();
+      const id = await completeSession(storage);
+      await storage.writeReply(id, Readable.from([Buffer.from('earlier')]));
+      async function* failing(): AsyncGenerator<Buffer> {
+        yield Buffer.alloc(100, 1);
+        await delay(5);
+        throw new Error('application stream failed');
+      }
+      await expect(storage.writeReply(id, Readable.from(failing()))).rejects.toThrow(/application stream failed/);
+      await expect(storage.writeReply(id, Readable.from([{ not: 'bytes' }]))).rejects.toThrow(TypeError);
+      expect((await readAll(await storage.readReply(id, 0, 6))).toString()).toBe('earlier');
+    });
+
+    it('commits a session marked complete without a commit, once; readData then rejects', async () => {
+      const storage = new MemoryStorage({ files: { 'r.bin': 'original' } });
+      const id = await completeSession(storage);
+      await expect(storage.commit(id, { overwrite: false })).rejects.toMatchObject({ code: 'BITS_DESTINATION_EXISTS' });
+      expect((await readAll(await storage.readData(id, 0))).toString()).toBe('upload');
+      await storage.commit(id, { overwrite: true });
+      expect(storage.readFile(['r.bin'])?.toString()).toBe('upload');
+      await expect(storage.readData(id, 0)).rejects.toThrow(/is complete/);
+      await expect(storage.commit(id, { overwrite: true })).resolves.toBeUndefined();
+    });
+
+    it('reads the empty range end = start - 1, as of a 0-byte reply', async () => {
+      const storage = new MemoryStorage();
+      const id = await completeSession(storage);
+      await expect(storage.writeReply(id, Readable.from([]))).resolves.toBe(0);
+      expect((await readAll(await storage.readReply(id, 0, -1))).length).toBe(0);
+      await expect(storage.readReply(id, 0, 0)).rejects.toThrow(RangeError);
+    });
+
+    it('takes no reply for a session that ended, or ends while the reply is read', async () => {
+      const storage = new MemoryStorage();
+      const ended = await completeSession(storage);
+      await storage.endSession(ended, 'closed', Date.now());
+      await expect(storage.writeReply(ended, Readable.from([Buffer.from('late')]))).rejects.toThrow(/is closed/);
+
+      const ending = await completeSession(storage);
+      async function* slow(): AsyncGenerator<Buffer> {
+        yield Buffer.from('part');
+        await storage.endSession(ending, 'cancelled', Date.now());
+        yield Buffer.from(' more');
+      }
+      await expect(storage.writeReply(ending, Readable.from(slow()))).rejects.toThrow(/ended/);
+      await expect(storage.readReply(ending, 0, 0)).rejects.toThrow(/no stored reply/);
+    });
+  });
+
   describe('readData', () => {
     async function readAll(stream: Readable): Promise<Buffer> {
       const chunks: Buffer[] = [];

@@ -18,7 +18,8 @@ describe('valid destinations', () => {
     ['/LPT0.txt', ['LPT0.txt'], '/LPT0.txt'],
     ['/x.CON', ['x.CON'], '/x.CON'],
     ['/.bits-sessions2', ['.bits-sessions2'], '/.bits-sessions2'],
-    ['/bits-sessions', ['bits-sessions'], '/bits-sessions'],
+    ['/bits-sessions2', ['bits-sessions2'], '/bits-sessions2'],
+    ['/dir/BITS-Sessions/x', ['dir', 'BITS-Sessions', 'x'], '/dir/BITS-Sessions/x'],
     ['/ leading-space', [' leading-space'], '/%20leading-space'],
     ['/file+name(1)~.tar.gz', ['file+name(1)~.tar.gz'], '/file%2Bname(1)~.tar.gz'],
     [`/${'a'.repeat(255)}`, ['a'.repeat(255)], `/${'a'.repeat(255)}`],
@@ -99,6 +100,9 @@ describe('rejected with 400 + E_INVALIDARG', () => {
     ['256 bytes of UTF-8', `/${'%C3%A9'.repeat(128)}`],
     ['session folder', '/.bits-sessions'],
     ['session folder, other case', '/.BITS-Sessions/x'],
+    ['reply folder (§10.5)', '/BITS-Sessions/Replies/x/responsefile.bin'],
+    ['reply folder, other case', '/bits-sessions'],
+    ['reply folder, percent-encoded', '/BITS%2DSessions/x'],
     ['session folder deeper', '/a/.bits-sessions/x'],
   ])('%s: %j', (_why, target) => {
     expect(() => parseDestination(target)).toThrow(

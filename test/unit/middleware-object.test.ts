@@ -24,6 +24,7 @@ function idleRecord(updatedAt: number): SessionRecord {
     updatedAt,
     sha256: undefined,
     delivered: false,
+    reply: undefined,
   };
 }
 

@@ -18,6 +18,7 @@ function record(id: string, principal: string | undefined, state: SessionRecord[
     updatedAt: 0,
     sha256: undefined,
     delivered: false,
+    reply: undefined,
   };
 }
 

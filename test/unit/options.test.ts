@@ -26,6 +26,9 @@ test('defaults', () => {
     onCreateSession: undefined,
     destination: undefined,
     onUploadComplete: undefined,
+    reply: undefined,
+    publicUrl: undefined,
+    trustForwardedHeaders: false,
   });
   expect(DEFAULT_OPTIONS.maxFragmentSize).toBe(16_777_216);
 });
@@ -42,6 +45,7 @@ test('every option is taken over', () => {
   const onCreateSession = (): undefined => undefined;
   const destination = (requested: readonly string[]): readonly string[] => requested;
   const onUploadComplete = (): void => undefined;
+  const reply = (): string => 'reply';
   expect(
     resolveOptions({
       storage,
@@ -60,6 +64,9 @@ test('every option is taken over', () => {
       onCreateSession,
       destination,
       onUploadComplete,
+      reply,
+      publicUrl: 'https://bits.example.test/uploads/',
+      trustForwardedHeaders: true,
     }),
   ).toEqual({
     storage,
@@ -78,6 +85,9 @@ test('every option is taken over', () => {
     onCreateSession,
     destination,
     onUploadComplete,
+    reply,
+    publicUrl: 'https://bits.example.test/uploads',
+    trustForwardedHeaders: true,
   });
   expect(resolveOptions({ storage, cleanupInterval: 2 ** 31 - 1 }).cleanupInterval).toBe(2 ** 31 - 1);
 });

@@ -23,6 +23,7 @@ function storageWith(data: string): StubStorage {
       updatedAt: 0,
       sha256: undefined,
       delivered: false,
+      reply: undefined,
     },
     Buffer.from(data),
   );
