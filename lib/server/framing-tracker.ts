@@ -457,18 +457,8 @@ export class FramingTracker {
       this.endOfHeaders();
       return;
     }
-    if (line[start] === SP || line[start] === HTAB) {
-      this.bail('obs-fold');
-      return;
-    }
-    const colon = fieldNameEnd(line, start, end);
-    if (colon === -1) {
-      // Whitespace before the colon: strict llhttp refuses the line, but a lenient one
-      // (insecureHTTPParser) reads `Content-Length : 5` as a Content-Length, which this tracker
-      // would not, and a BITS_POST rewritten inside that body would smuggle a request. Stop.
-      this.bail('invalid-header-line');
-      return;
-    }
+    const colon = this.fieldColon(line, start, end);
+    if (colon === -1) return;
     // Only three names matter; their lengths rule out almost every other header without a comparison.
     switch (colon - start) {
       case UPGRADE.length:
@@ -482,6 +472,22 @@ export class FramingTracker {
         return;
       default:
     }
+  }
+
+  /**
+   * The colon of a non-empty header or trailer line, or -1 after stopping on a line that cannot be
+   * a field: obs-fold, no colon, or whitespace before the colon. A strict llhttp refuses such a
+   * line, but a lenient one (insecureHTTPParser) reads `Content-Length : 5` as a Content-Length,
+   * which this tracker would not, and a BITS_POST rewritten inside that body would smuggle a request.
+   */
+  private fieldColon(line: Buffer, start: number, end: number): number {
+    if (line[start] === SP || line[start] === HTAB) {
+      this.bail('obs-fold');
+      return -1;
+    }
+    const colon = fieldNameEnd(line, start, end);
+    if (colon === -1) this.bail('invalid-header-line');
+    return colon;
   }
 
   /** `line[from..end)` is the value of a Content-Length header. */
@@ -564,16 +570,8 @@ export class FramingTracker {
       this.endOfMessage();
       return;
     }
-    if (line[start] === SP || line[start] === HTAB) {
-      this.bail('obs-fold');
-      return;
-    }
-    const colon = fieldNameEnd(line, start, end);
-    if (colon === -1) {
-      // As in onHeaderLine: a field name with whitespace is refused or misread; stop.
-      this.bail('invalid-header-line');
-      return;
-    }
+    const colon = this.fieldColon(line, start, end);
+    if (colon === -1) return;
     const nameLength = colon - start;
     if (
       (nameLength === CONTENT_LENGTH.length && equalsLowercaseAt(line, start, CONTENT_LENGTH)) ||
