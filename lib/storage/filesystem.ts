@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type { Stats } from 'node:fs';
+import { constants as fsConstants, type BigIntStats, type Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -29,8 +29,8 @@ const debug = createDebug('bits-upload:storage:fs');
 
 /**
  * When {@link FileSystemStorage} calls `fsync`:
- * - `fragment`: before every fragment is acknowledged, and for every record. An acknowledged byte
- *   survives a power cut.
+ * - `fragment`: the data file before every fragment is acknowledged (`fdatasync`), and every record
+ *   when it is written. An acknowledged byte survives a power cut.
  * - `commit`: only data at commit, records always. After a power cut a session may report fewer
  *   bytes than were acknowledged (the client then resends them, bits-protocol.md §6.3), and on
  *   file systems without ordered data writes the lost tail may read back as zeros.
@@ -50,12 +50,22 @@ export interface FileSystemStorageOptions {
   readonly sessionDirectory?: string;
   /** When data and records are flushed to disk, see {@link FsyncPolicy}. Defaults to `'fragment'`. */
   readonly fsync?: FsyncPolicy;
+  /**
+   * How many data files of sessions in progress stay open between their fragments, so that a
+   * fragment does not pay for opening and closing its file. The least recently used beyond this are
+   * closed; 0 closes every file after its fragment. Defaults to 128.
+   */
+  readonly maxOpenFiles?: number;
+  /** Milliseconds after which a data file no fragment used is closed. Defaults to 10 000. */
+  readonly openFileIdleTimeout?: number;
 }
 
 interface ResolvedOptions {
   readonly root: string;
   readonly sessionDirectory: string;
   readonly fsync: FsyncPolicy;
+  readonly maxOpenFiles: number;
+  readonly openFileIdleTimeout: number;
 }
 
 /** What record.json holds: the public record plus the adapter's own commit marker. */
@@ -67,6 +77,24 @@ interface StoredRecord extends SessionRecord {
    * finishes it the same way. Markers written before this field existed lack it: treated as false.
    */
   readonly commitOverwrite?: boolean;
+}
+
+/** A parsed record.json and the identity of the file it was read from (see {@link stampOf}). */
+interface CachedRecord {
+  readonly record: StoredRecord;
+  readonly stamp: string;
+}
+
+/** The data file of a session in progress, kept open between its fragments. */
+interface OpenDataFile {
+  readonly handle: FileHandle;
+  /** A fragment is being written through it: it is closed only once that is done. */
+  busy: boolean;
+  /** Removed from the cache while busy: close it when the fragment is done. */
+  closeWhenDone: boolean;
+  lastUsed: number;
+  /** The modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
+  timeSet: number;
 }
 
 /** record.json cannot be parsed or fails validation. */
@@ -90,11 +118,38 @@ const REPLY_TEMP = /^reply\.[0-9a-f]+\.tmp$/;
  * Format version of record.json. `sha256`, `delivered` and `reply` were added to version 1 as
  * optional fields: records written before them load as undefined, false and undefined, and older
  * releases, which ignore unknown fields, still read the records written now. A record with a higher
- * version is left alone.
+ * version is left alone. Since record.json stopped being rewritten per fragment, its
+ * `receivedLength` of a session in progress is the length when the record was last written (the
+ * data file has the rest); an older release reading it would cut the data back to it and have the
+ * client resend the rest (§6.3), never lose or invent a byte.
  */
 const RECORD_VERSION = 1;
-/** Bytes given back on a full disk so that the record still fits (a few file-system blocks). */
-const RECORD_ROOM = 64 * 1024;
+/**
+ * Data files are opened for positioned writes (no O_APPEND: a position is then honoured), created
+ * when missing, as the append-mode open before did.
+ */
+const DATA_WRITE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT;
+/**
+ * Fragment bodies arrive in socket-sized chunks (often 10-64 KiB), and every write is a thread-pool
+ * round trip that costs more CPU than the kernel's copy. So chunks are gathered and written
+ * together with one `writev`: at least {@link MIN_WRITE} bytes (or the rest of the body), and
+ * whatever arrived meanwhile while a write is in flight, up to {@link MAX_WRITE}, which also bounds
+ * what one fragment holds in memory (then reading waits). A body that stalls is written after
+ * {@link STALL_FLUSH_MS}, so its bytes reach the file while the client is quiet.
+ */
+const MIN_WRITE = 128 * 1024;
+const MAX_WRITE = 512 * 1024;
+const STALL_FLUSH_MS = 2;
+/** Parsed records kept to skip re-reading record.json when its stamp did not change. */
+const MAX_CACHED_RECORDS = 1024;
+/**
+ * A fragment sets its data file's modification time (the session's last progress) only when the
+ * time this instance last set is older than this: in between, every write moves it anyway, on the
+ * kernel's clock (which can lag by a timer tick). Saves a thread-pool round trip per fragment.
+ */
+const TIME_REFRESH_MS = 1000;
+const DEFAULT_MAX_OPEN_FILES = 128;
+const DEFAULT_OPEN_FILE_IDLE_TIMEOUT = 10_000;
 const STATES: readonly SessionState[] = ['receiving', 'complete', 'closed', 'cancelled'];
 const FSYNC_POLICIES: readonly FsyncPolicy[] = ['fragment', 'commit', 'never'];
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com\d|lpt\d)$/i;
@@ -102,19 +157,36 @@ const WINDOWS_RESERVED = /^(con|prn|aux|nul|com\d|lpt\d)$/i;
 /**
  * Stores uploads on a local (or any POSIX-like) file system. Each session is a folder
  * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (replaced atomically), `data`
- * (the received bytes, appended in place) and, for upload-reply sessions, `reply` (replaced
+ * (the received bytes, written in place) and, for upload-reply sessions, `reply` (replaced
  * atomically). Commit renames or hard-links `data` to the destination, so readers see the old file
  * or the whole new one (bits-protocol.md §5.5). A session marked `complete` without a commit (an
  * upload-reply endpoint, §10.1) keeps `data` in its folder until it ends or is committed; marking it
- * so cuts `data` to the recorded length and flushes it like a commit would.
+ * so cuts `data` to the received length and flushes it like a commit would.
  *
- * The record and the data file can disagree only after a crash; the data file is then trusted up to
- * the record's length, so a restarted process never reports bytes it does not hold (§6.3).
+ * The per-fragment path touches only the data file. While a session is `receiving`:
+ * - its received length R (§6) is the data file's length (capped at the total). The adapter writes
+ *   the body's bytes in order at R, so every byte in the file is the client's byte at that offset,
+ *   acknowledged or not: after a crash the file is right by construction, and bytes written but
+ *   never acknowledged simply count (the next Ack tells the client, §6.3). record.json keeps
+ *   everything else and is rewritten only when something other than the length changes.
+ * - its last progress (`updatedAt`, §5.4 expiry) is the later of the record's and the data file's
+ *   modification time. Every write moves that time; the adapter also sets it to `Date.now()` after
+ *   a fragment when it last did so a second ago or more (the kernel's clock for file times can lag
+ *   by a timer tick), and to the record's time whenever it writes one, so that an explicit
+ *   `updatedAt` holds, also an earlier one.
+ * Both are read from the file system, so another process or a restarted one sees the same values.
+ * Data files of sessions in progress stay open between fragments (`maxOpenFiles`,
+ * `openFileIdleTimeout`); {@link close} closes them.
  */
 export class FileSystemStorage implements StorageAdapter {
   readonly #options: ResolvedOptions;
   readonly #sessionsDir: string;
   #ready: Promise<{ realRoot: string; realSessions: string }> | undefined;
+  /** Parsed records by session folder, least recently used first. */
+  readonly #records = new Map<string, CachedRecord>();
+  /** Open data files by session folder, least recently used first. */
+  readonly #dataFiles = new Map<string, OpenDataFile>();
+  #idleTimer: NodeJS.Timeout | undefined;
 
   constructor(options: FileSystemStorageOptions) {
     this.#options = resolveOptions(options);
@@ -124,6 +196,15 @@ export class FileSystemStorage implements StorageAdapter {
   /** Absolute path of the storage root. */
   get directory(): string {
     return this.#options.root;
+  }
+
+  /**
+   * Closes the data files kept open between fragments (a file in use is closed when its fragment
+   * is done). The storage stays usable and opens files again as needed; call it when the server
+   * shuts down, or before unmounting the file system.
+   */
+  async close(): Promise<void> {
+    await Promise.all([...this.#dataFiles.keys()].map((dir) => this.#closeDataFile(dir)));
   }
 
   async createSession(session: NewSession): Promise<SessionRecord> {
@@ -147,15 +228,20 @@ export class FileSystemStorage implements StorageAdapter {
       delivered: false,
       reply: undefined,
     };
+    let data: FileHandle | undefined;
     try {
-      const data = await fs.open(path.join(dir, DATA_FILE), 'wx');
-      await data.close();
+      data = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS | fsConstants.O_EXCL);
+      // The data file's time counts as progress (see the class comment): it starts at the record's.
+      await setTime(data, record.updatedAt);
       await this.#writeRecord(dir, record);
     } catch (error) {
+      await data?.close().catch(() => undefined);
       // A folder without a record is invisible to listSessions and would never expire.
       await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
       throw error;
     }
+    // Kept open for the first fragment, which normally follows.
+    await this.#keepDataFile(dir, data, record.updatedAt);
     await this.#syncDirectory(this.#sessionsDir);
     debug('created session %s for %s', session.id, session.destination.join('/'));
     return publicRecord(record);
@@ -174,7 +260,7 @@ export class FileSystemStorage implements StorageAdapter {
     if (changes.reply !== undefined && reply === undefined) {
       throw new TypeError(`Invalid reply for session ${id}: ${show(changes.reply)}`);
     }
-    const { record, dir } = await this.#requireRecord(id);
+    const { record, dir, data } = await this.#requireRecord(id);
     const updated: StoredRecord = {
       ...record,
       ...(changes.totalLength !== undefined && { totalLength: changes.totalLength }),
@@ -187,14 +273,20 @@ export class FileSystemStorage implements StorageAdapter {
     if (record.state === 'receiving' && updated.state === 'complete') {
       // Complete without a commit (an upload-reply endpoint, §10.1): the data stays here and is now
       // the upload, so it gets what a commit would give it before the record says so.
+      await this.#closeDataFile(dir);
       await this.#settleData(dir, record.receivedLength);
+    } else if (updated.state === 'receiving' && changes.updatedAt !== undefined && data !== undefined) {
+      // The data file's time counts as progress too: set it to the time given, which may be earlier.
+      await setTime(path.join(dir, DATA_FILE), changes.updatedAt);
+      const open = this.#dataFiles.get(dir);
+      if (open !== undefined) open.timeSet = changes.updatedAt;
     }
     await this.#writeRecord(dir, updated);
     return publicRecord(updated);
   }
 
   async writeFragment(id: string, offset: number, body: Readable): Promise<number> {
-    // Until pipeline listens, an abort must not surface as an unhandled 'error' event.
+    // Until the body is read, an abort must not surface as an unhandled 'error' event.
     const ignore = (): void => undefined;
     body.on('error', ignore);
     try {
@@ -204,100 +296,76 @@ export class FileSystemStorage implements StorageAdapter {
     }
   }
 
+  /**
+   * The per-fragment path: check the record (a stat while it is cached) and the open data file (an
+   * fstat) at once, write the body at the end of the data file, flush it under `fsync: 'fragment'`.
+   * No record is written: the file's length is the received length (see the class comment), so one
+   * `fdatasync` of the data file makes a fragment durable (bits-protocol.md §6.3: only durable bytes
+   * are acknowledged).
+   */
   async #writeFragment(id: string, offset: number, body: Readable): Promise<number> {
     await this.#init();
-    const { record, dir } = await this.#requireRecord(id);
-    if (record.state !== 'receiving') {
-      throw new Error(`Session ${id} is ${record.state}; it takes no more data`);
-    }
-    if (offset !== record.receivedLength) {
-      // The middleware owns the range arithmetic (§6.3); a mismatch is a bug there, and writing
-      // anyway would leave a hole or overwrite durable bytes.
-      throw new RangeError(`Fragment offset ${offset} is not the received length ${record.receivedLength} of ${id}`);
-    }
-
-    const policy = this.#options.fsync;
-    const file = await fs.open(path.join(dir, DATA_FILE), 'a');
-    let length = offset;
-    let storageError: unknown;
+    const dir = this.#sessionPath(id);
+    // A file kept open is checked together with the record; otherwise it is opened (and created
+    // if missing) only once the record says the session takes data.
+    let file = this.#takeDataFile(dir);
+    // A file that failed is not trusted for the next fragment: it is closed and opened afresh.
+    let healthy = false;
     try {
-      const { size } = await file.stat();
-      if (size > offset) {
-        // A crash between writing bytes and recording them left a tail nobody acknowledged.
-        debug('session %s: dropping %d unrecorded bytes', id, size - offset);
-        await file.truncate(offset);
+      const [record, kept] = await Promise.all([this.#readRecordOf(id, dir), file?.handle.stat()]);
+      if (record === undefined) throw new SessionNotFoundError(id);
+      if (record.state !== 'receiving') {
+        throw new Error(`Session ${id} is ${record.state}; it takes no more data`);
+      }
+      let stats = kept;
+      if (file === undefined || stats === undefined || stats.nlink === 0) {
+        // Not open yet, or its file was removed meanwhile (by another process): open what is there.
+        if (file !== undefined) await this.#releaseDataFile(dir, file, false);
+        file = await this.#openDataFile(dir);
+        stats = await file.handle.stat();
+      }
+      const received = receivedOf(record, stats.size);
+      if (offset !== received) {
+        // The middleware owns the range arithmetic (§6.3); a mismatch is a bug there, and writing
+        // anyway would leave a hole or overwrite stored bytes.
+        throw new RangeError(`Fragment offset ${offset} is not the received length ${received} of ${id}`);
       }
 
-      let written = 0;
-      try {
-        // for-await inside pipeline: one chunk is written before the next is read (backpressure),
-        // and a body error surfaces only after the chunks before it are on disk.
-        await pipeline(body, async (source: AsyncIterable<unknown>) => {
-          for await (const chunk of source) {
-            try {
-              const bytes = toBuffer(chunk);
-              // Counted per write call, so a failure halfway through a chunk still knows what landed.
-              // Position null: the file is opened for appending, so every write lands at its end.
-              for (let done = 0; done < bytes.length; ) {
-                const { bytesWritten } = await file.write(bytes, done, bytes.length - done, null);
-                done += bytesWritten;
-                written += bytesWritten;
-              }
-            } catch (error) {
-              storageError = error;
-              throw error;
-            }
-          }
-        });
-      } catch (error) {
-        if (storageError === undefined) debug('session %s: body ended with %s after %d bytes', id, errorText(error), written);
+      const { handle } = file;
+      const outcome = await writeBody(handle, offset, body);
+      const { written } = outcome;
+      let { storageError } = outcome;
+      if (storageError === undefined && outcome.bodyError !== undefined) {
+        debug('session %s: body ended with %s after %d bytes', id, errorText(outcome.bodyError), written);
       }
-      length = offset + written;
-
-      if (written > 0 && policy === 'fragment') {
-        try {
-          await file.sync();
-        } catch (error) {
+      let length = offset + written;
+      if (written > 0) {
+        const now = Date.now();
+        const refresh = now - file.timeSet >= TIME_REFRESH_MS;
+        if (refresh) file.timeSet = now;
+        const [synced, timed] = await Promise.allSettled([
+          this.#options.fsync === 'fragment' ? handle.datasync() : undefined,
+          refresh ? setTime(handle, now) : undefined,
+        ]);
+        if (synced.status === 'rejected') {
           // A failed fsync vouches for nothing written since the last good one.
-          storageError ??= error;
+          storageError ??= synced.reason;
           length = offset;
         }
+        if (timed.status === 'rejected') debug('session %s: cannot set the data time: %s', id, errorText(timed.reason));
       }
       if (storageError !== undefined) {
         debug('session %s: storing failed with %s; keeping %d bytes', id, errorText(storageError), length);
-        if (length < offset + written) await file.truncate(length).catch(() => undefined);
+        // Cut back what was not made durable: the file's length is what the next Ack reports.
+        if (length < offset + written) await handle.truncate(length).catch(() => undefined);
+        throw storageError;
       }
+      debug('session %s: %d -> %d', id, offset, length);
+      healthy = true;
+      return length;
     } finally {
-      await file.close();
+      if (file !== undefined) await this.#releaseDataFile(dir, file, healthy);
     }
-
-    if (length !== record.receivedLength) {
-      const dataPath = path.join(dir, DATA_FILE);
-      const save = (received: number): Promise<unknown> =>
-        this.#writeRecord(dir, { ...record, receivedLength: received, updatedAt: Date.now() }).then(
-          () => undefined,
-          (error: unknown) => error ?? new Error('record write failed'),
-        );
-      let recordError = await save(length);
-      if (recordError !== undefined && isErrno(recordError, 'ENOSPC', 'EDQUOT') && length - offset > RECORD_ROOM) {
-        // The disk filled up under the record: give back a little of the new data so the record
-        // fits, rather than losing all of it. Storing still failed, so the caller hears of it.
-        storageError ??= recordError;
-        length -= RECORD_ROOM;
-        debug('session %s: no room for the record; giving back %d bytes', id, RECORD_ROOM);
-        recordError = await fs.truncate(dataPath, length).then(() => save(length), (error: unknown) => error);
-      }
-      if (recordError !== undefined) {
-        // The old record still tells the truth (reads trust it over a longer file); cutting the
-        // file back to it frees the space now.
-        debug('session %s: record not updated (%s); back to %d bytes', id, errorText(recordError), record.receivedLength);
-        await fs.truncate(dataPath, record.receivedLength).catch(() => undefined);
-        throw storageError ?? recordError;
-      }
-    }
-    if (storageError !== undefined) throw storageError;
-    debug('session %s: %d -> %d', id, offset, length);
-    return length;
   }
 
   async inspectDestination(destination: Destination): Promise<DestinationKind> {
@@ -307,12 +375,13 @@ export class FileSystemStorage implements StorageAdapter {
 
   async commit(id: string, options: CommitOptions): Promise<void> {
     await this.#init();
-    const { record, dir } = await this.#requireRecord(id);
+    // The data file is about to move: nothing may keep writing through an open handle.
+    await this.#closeDataFile(this.#sessionPath(id));
+    const { record, dir, data } = await this.#requireRecord(id);
     if (record.state !== 'receiving' && record.state !== 'complete') {
       throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
     }
     const dataPath = path.join(dir, DATA_FILE);
-    const data = await statOrUndefined(dataPath);
     // A complete session whose data left the folder was committed; one that still holds it was only
     // marked complete (an upload-reply endpoint, §10.1) and is committed now (§10.4 copy to destination).
     if (record.state === 'complete' && data === undefined && !record.committing) return;
@@ -330,14 +399,14 @@ export class FileSystemStorage implements StorageAdapter {
       throw new Error(`Session ${id} holds ${record.receivedLength} of ${record.totalLength} bytes; it cannot be committed`);
     }
     if (data.size < record.receivedLength) {
-      // Only a complete session can get here (a receiving record is corrected when it is read):
-      // its data was lost after it was marked complete, and a short file must not be published.
+      // Only a complete session can get here (a receiving one has the file's length): its data was
+      // lost after it was marked complete, and a short file must not be published.
       throw new Error(`Session ${id} holds ${data.size} of its ${record.receivedLength} bytes; it cannot be committed`);
     }
 
     const handle = await fs.open(dataPath, 'r+');
     try {
-      // Bytes beyond the record were never acknowledged (a crash tail); they must not be published.
+      // Bytes beyond the total (or the length a complete session recorded) are not the upload's.
       if (data.size > record.receivedLength) await handle.truncate(record.receivedLength);
       if (this.#options.fsync !== 'never') await handle.sync();
     } finally {
@@ -370,6 +439,7 @@ export class FileSystemStorage implements StorageAdapter {
 
   async endSession(id: string, state: 'closed' | 'cancelled', now: number): Promise<void> {
     await this.#init();
+    await this.#closeDataFile(this.#sessionPath(id));
     const { record, dir } = await this.#requireRecord(id);
     // Only the temporary data goes; a committed destination is no longer in the session folder.
     await fs.rm(path.join(dir, DATA_FILE), { force: true });
@@ -380,7 +450,10 @@ export class FileSystemStorage implements StorageAdapter {
 
   async deleteSession(id: string): Promise<void> {
     await this.#init();
-    await fs.rm(this.#sessionPath(id), { recursive: true, force: true });
+    const dir = this.#sessionPath(id);
+    await this.#closeDataFile(dir);
+    await fs.rm(dir, { recursive: true, force: true });
+    this.#records.delete(dir);
     debug('session %s deleted', id);
   }
 
@@ -392,14 +465,14 @@ export class FileSystemStorage implements StorageAdapter {
       const dir = path.join(this.#sessionsDir, entry.name);
       let record: StoredRecord;
       try {
-        record = await this.#readRecordFile(dir);
+        ({ record } = await this.#loadAt(dir));
         if (sessionFolderName(record.id) !== entry.name) throw new Error(`it holds the record of ${record.id}`);
       } catch (error) {
         // One damaged folder must not stop expiry of all the others.
         debug('skipping session folder %s: %s', entry.name, errorText(error));
         continue;
       }
-      yield publicRecord(await reconcile(record, dir));
+      yield publicRecord(record);
     }
   }
 
@@ -407,8 +480,8 @@ export class FileSystemStorage implements StorageAdapter {
    * Streams bytes `start` to receivedLength-1 of the session's data file, while it is the session's:
    * state `receiving`, or `complete` with the data still in the session folder (not committed). The
    * file is opened before the promise resolves, so a missing file rejects here rather than failing
-   * the stream; bytes beyond the record (a crash tail) are never included. Consume or destroy the
-   * stream: it holds the file open until then.
+   * the stream; bytes beyond the received length (beyond the total) are never included. Consume or
+   * destroy the stream: it holds the file open until then.
    */
   async readData(id: string, start: number): Promise<Readable> {
     await this.#init();
@@ -526,7 +599,7 @@ export class FileSystemStorage implements StorageAdapter {
   /**
    * The absolute path of the session's data file, while the data is the session's (state
    * `receiving`, or `complete` and not committed), for a notification by reference (§10.3). Bytes
-   * beyond receivedLength, which only a crash leaves, are cut when the session is marked complete.
+   * beyond the total, which nothing but damage leaves, are cut when the session is marked complete.
    * The file belongs to the session: read it, never move or change it.
    */
   async localDataFile(id: string): Promise<string> {
@@ -543,7 +616,7 @@ export class FileSystemStorage implements StorageAdapter {
   /**
    * Repairs what a crash left in the session folder; call it once at start-up, while no other
    * process or instance uses the same `directory` (it would take their half-created sessions for
-   * orphans and their unrecorded bytes for crash tails). Per session folder:
+   * orphans). Per session folder:
    * - no readable record.json (a crash inside createSession, or junk), or a record of another id:
    *   the folder is removed (`orphansRemoved`); a record of a newer format version is left alone;
    * - a leftover `record.json.tmp` is removed (`orphansRemoved`), and so is the data file of a
@@ -554,9 +627,11 @@ export class FileSystemStorage implements StorageAdapter {
    *   reply whose file is gone, or of another size, forgets it (`recordsRepaired`), so that the
    *   next repeat of the final fragment asks the application again;
    * - a `receiving` record whose data file is missing gets an empty one and receivedLength 0, one
-   *   whose data file is shorter gets the file's length (`recordsRepaired`; totalLength is kept, the
-   *   client resends the rest, bits-protocol.md §6.3); a longer data file is cut back to the record
-   *   (bytes nobody acknowledged, not counted);
+   *   whose data file is shorter than the record last said (a power cut under `fsync: 'commit'` or
+   *   `'never'`) gets the file's length (`recordsRepaired`; totalLength is kept, the client resends
+   *   the rest, bits-protocol.md §6.3); a longer data file is what a session in progress normally
+   *   has (the record is not rewritten per fragment) and stays, except bytes beyond the total, which
+   *   are cut (not counted);
    * - a record with the commit marker is committed the way the interrupted commit would have
    *   (`commitsFinished`): the data is moved (or, already at the destination, the record is just
    *   marked complete). When the destination changed meanwhile so that this is not possible, the
@@ -567,6 +642,8 @@ export class FileSystemStorage implements StorageAdapter {
    */
   async recover(): Promise<RecoveryReport> {
     await this.#init();
+    // Files are cut and created below; none may stay open from before.
+    await this.close();
     const report = { orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 };
     const entries = await fs.readdir(this.#sessionsDir, { withFileTypes: true });
     for (const entry of entries) {
@@ -676,6 +753,8 @@ export class FileSystemStorage implements StorageAdapter {
       if (data === undefined) {
         const handle = await fs.open(dataPath, 'w');
         try {
+          // Not progress: the session's last progress stays what the record says.
+          await setTime(handle, record.updatedAt);
           if (this.#options.fsync !== 'never') await handle.sync();
         } finally {
           await handle.close();
@@ -697,7 +776,7 @@ export class FileSystemStorage implements StorageAdapter {
           return;
         }
         if ((await kindOf(target)) === 'file') {
-          await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
+          await this.#writeRecord(dir, withoutCommitMarker({ ...record, receivedLength: committedLength(record), state: 'complete' }));
           debug('recover: session %s: the data was at the destination; marked complete', id);
           report.commitsFinished += 1;
         } else if (record.state === 'receiving') {
@@ -708,7 +787,7 @@ export class FileSystemStorage implements StorageAdapter {
         }
         return;
       }
-      if (data.size < record.receivedLength) {
+      if (data.size < committedLength(record)) {
         if (record.state === 'receiving') await repair(data.size);
         else debug('recover: session %s: complete, but its data is shorter than recorded; not committed', id);
         return;
@@ -730,12 +809,15 @@ export class FileSystemStorage implements StorageAdapter {
       await repair(0);
     } else if (data.size < record.receivedLength) {
       await repair(data.size);
-    } else if (data.size > record.receivedLength) {
-      // A crash between writing bytes and recording them: nobody was told of them.
-      debug('recover: session %s: dropping %d unrecorded bytes', id, data.size - record.receivedLength);
+    } else if (record.totalLength !== undefined && data.size > record.totalLength) {
+      // The middleware never sends bytes past the total, so these are not the client's.
+      const { totalLength } = record;
+      debug('recover: session %s: dropping %d bytes beyond the total', id, data.size - totalLength);
       const handle = await fs.open(dataPath, 'r+');
       try {
-        await handle.truncate(record.receivedLength);
+        await handle.truncate(totalLength);
+        // Cutting is not progress: the file keeps its time.
+        await setTime(handle, Math.round(data.mtimeMs));
         if (this.#options.fsync !== 'never') await handle.sync();
       } finally {
         await handle.close();
@@ -743,7 +825,7 @@ export class FileSystemStorage implements StorageAdapter {
     }
   }
 
-  /** Cuts the data file to `length` (dropping a crash tail) and flushes it, as a commit does. */
+  /** Cuts the data file to `length` (dropping bytes beyond the total) and flushes it, as a commit does. */
   async #settleData(dir: string, length: number): Promise<void> {
     let handle: FileHandle;
     try {
@@ -822,43 +904,186 @@ export class FileSystemStorage implements StorageAdapter {
     return target;
   }
 
-  async #loadRecord(id: string): Promise<{ record: StoredRecord; dir: string } | undefined> {
+  /** A session's record as it stands (see {@link reconcile}), and its data file's stats; undefined when unknown. */
+  async #loadRecord(id: string): Promise<{ record: StoredRecord; dir: string; data: Stats | undefined } | undefined> {
     const dir = this.#sessionPath(id);
-    let record: StoredRecord;
+    let loaded: { record: StoredRecord; data: Stats | undefined };
     try {
-      record = await this.#readRecordFile(dir);
+      loaded = await this.#loadAt(dir);
     } catch (error) {
       if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
       throw error;
     }
     // Case-insensitive file systems map ids differing in case to one folder; ids are exact.
-    if (record.id !== id) return undefined;
-    return { record: await reconcile(record, dir), dir };
+    if (loaded.record.id !== id) return undefined;
+    return { ...loaded, dir };
   }
 
-  async #requireRecord(id: string): Promise<{ record: StoredRecord; dir: string }> {
+  async #requireRecord(id: string): Promise<{ record: StoredRecord; dir: string; data: Stats | undefined }> {
     const loaded = await this.#loadRecord(id);
     if (loaded === undefined) throw new SessionNotFoundError(id);
     return loaded;
   }
 
+  /** The record in `dir` reconciled with its data file, both read at once. */
+  async #loadAt(dir: string): Promise<{ record: StoredRecord; data: Stats | undefined }> {
+    const [stored, data] = await Promise.all([this.#readRecordFile(dir), statOrUndefined(path.join(dir, DATA_FILE))]);
+    return { record: reconcile(stored, data), data };
+  }
+
+  /** record.json of session `id` as stored (not reconciled), or undefined when there is none. */
+  async #readRecordOf(id: string, dir: string): Promise<StoredRecord | undefined> {
+    try {
+      const record = await this.#readRecordFile(dir);
+      return record.id === id ? record : undefined;
+    } catch (error) {
+      if (isErrno(error, 'ENOENT', 'ENOTDIR')) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Parses record.json, or takes the record parsed before when the file is the same one: same
+   * inode, size, modification and change time (see {@link stampOf}). A stat costs a fraction of a
+   * read, and record.json is replaced only by rename, so another process's update is a new file.
+   */
   async #readRecordFile(dir: string): Promise<StoredRecord> {
-    const text = await fs.readFile(path.join(dir, RECORD_FILE), 'utf8');
-    return parseRecord(text, dir);
+    const file = path.join(dir, RECORD_FILE);
+    const stamp = stampOf(await fs.stat(file, { bigint: true }));
+    const cached = this.#records.get(dir);
+    if (cached?.stamp === stamp) {
+      this.#records.delete(dir);
+      this.#records.set(dir, cached);
+      return cached.record;
+    }
+    // Read after the stat: the content is at least as new as the stamp it is kept under.
+    const record = parseRecord(await fs.readFile(file, 'utf8'), dir);
+    this.#rememberRecord(dir, record, stamp);
+    return record;
+  }
+
+  #rememberRecord(dir: string, record: StoredRecord, stamp: string): void {
+    this.#records.delete(dir);
+    this.#records.set(dir, { record, stamp });
+    for (const oldest of this.#records.keys()) {
+      if (this.#records.size <= MAX_CACHED_RECORDS) break;
+      this.#records.delete(oldest);
+    }
   }
 
   /** write temp + fsync + rename + fsync folder: a crash leaves the old record or the new one. */
   async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
     const temp = path.join(dir, RECORD_TEMP);
+    const file = path.join(dir, RECORD_FILE);
     const handle = await fs.open(temp, 'w');
+    let written: bigint;
     try {
       await handle.writeFile(serializeRecord(record));
       if (this.#options.fsync !== 'never') await handle.sync();
+      written = (await handle.stat({ bigint: true })).ino;
     } finally {
       await handle.close();
     }
-    await fs.rename(temp, path.join(dir, RECORD_FILE));
+    this.#records.delete(dir);
+    await fs.rename(temp, file);
     await this.#syncDirectory(dir);
+    // Kept for the next read, under the stamp the file has now, if the file is still this one.
+    const stats = await fs.stat(file, { bigint: true }).catch(() => undefined);
+    if (stats !== undefined && stats.ino === written) this.#rememberRecord(dir, record, stampOf(stats));
+  }
+
+  /** The open data file of the session in `dir`, marked busy; undefined when none is open. */
+  #takeDataFile(dir: string): OpenDataFile | undefined {
+    const file = this.#dataFiles.get(dir);
+    if (file === undefined || file.busy) return undefined;
+    file.busy = true;
+    // Most recently used last.
+    this.#dataFiles.delete(dir);
+    this.#dataFiles.set(dir, file);
+    return file;
+  }
+
+  /** Opens (creating if missing) the data file of the session in `dir` for writing, marked busy. */
+  async #openDataFile(dir: string): Promise<OpenDataFile> {
+    const handle = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS);
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
+    // The middleware never runs two calls of one session at once; should a file be open anyway,
+    // this one replaces it in the cache and the other is closed once its user is done.
+    const other = this.#dataFiles.get(dir);
+    if (other !== undefined) await this.#dropDataFile(dir, other);
+    if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
+    else file.closeWhenDone = true;
+    return file;
+  }
+
+  /** Ends a fragment's use of a data file: kept open for the next one, or closed. */
+  async #releaseDataFile(dir: string, file: OpenDataFile, keep: boolean): Promise<void> {
+    file.busy = false;
+    file.lastUsed = Date.now();
+    if (!keep && this.#dataFiles.get(dir) === file) this.#dataFiles.delete(dir);
+    await Promise.all([!keep || file.closeWhenDone ? closeQuietly(file.handle) : undefined, this.#trimDataFiles()]);
+  }
+
+  /** Keeps a file just created, whose time was set to `timeSet`, open for the session's first fragment. */
+  async #keepDataFile(dir: string, handle: FileHandle, timeSet: number): Promise<void> {
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
+    if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
+    await this.#releaseDataFile(dir, file, this.#options.maxOpenFiles > 0);
+  }
+
+  /** Closes the data file of the session in `dir` if it is open (once its fragment is done, if one is running). */
+  async #closeDataFile(dir: string): Promise<void> {
+    const file = this.#dataFiles.get(dir);
+    if (file === undefined) return;
+    this.#dataFiles.delete(dir);
+    if (file.busy) {
+      file.closeWhenDone = true;
+      return;
+    }
+    await closeQuietly(file.handle);
+    await this.#trimDataFiles();
+  }
+
+  /** Takes a file out of the cache and closes it, at once or, if in use, when its fragment is done. */
+  #dropDataFile(dir: string, file: OpenDataFile): Promise<void> | undefined {
+    if (this.#dataFiles.get(dir) === file) this.#dataFiles.delete(dir);
+    if (!file.busy) return closeQuietly(file.handle);
+    file.closeWhenDone = true;
+    return undefined;
+  }
+
+  /**
+   * Keeps at most `maxOpenFiles` data files open, closing the least recently used idle ones (files
+   * in use stay open, so under more concurrent sessions the cache may exceed it until they are
+   * done), and runs the idle timer while any file is open.
+   */
+  async #trimDataFiles(): Promise<void> {
+    const { maxOpenFiles, openFileIdleTimeout } = this.#options;
+    const closing: (Promise<void> | undefined)[] = [];
+    if (this.#dataFiles.size > maxOpenFiles) {
+      for (const [dir, file] of this.#dataFiles) {
+        if (this.#dataFiles.size <= maxOpenFiles) break;
+        if (!file.busy) closing.push(this.#dropDataFile(dir, file));
+      }
+    }
+    if (this.#dataFiles.size === 0) {
+      clearInterval(this.#idleTimer);
+      this.#idleTimer = undefined;
+    } else if (this.#idleTimer === undefined) {
+      // Every half timeout, and at least once a minute (a timer cannot wait longer than 2^31 ms).
+      this.#idleTimer = setInterval(() => this.#closeIdleDataFiles(), Math.min(Math.max(10, openFileIdleTimeout / 2), 60_000));
+      // Open files never keep the process alive.
+      this.#idleTimer.unref();
+    }
+    await Promise.all(closing);
+  }
+
+  #closeIdleDataFiles(): void {
+    const idleSince = Date.now() - this.#options.openFileIdleTimeout;
+    for (const [dir, file] of this.#dataFiles) {
+      if (!file.busy && file.lastUsed <= idleSince) void this.#dropDataFile(dir, file);
+    }
+    void this.#trimDataFiles();
   }
 
   /** Makes a rename or new entry in `dir` durable. Not possible everywhere (Windows), hence best effort. */
@@ -912,7 +1137,13 @@ function resolveOptions(options: FileSystemStorageOptions): ResolvedOptions {
       `FileSystemStorage expects an options object, got ${show(options)}; write new FileSystemStorage({ directory: '...' })`,
     );
   }
-  const { directory, sessionDirectory = '.bits-sessions', fsync = 'fragment' } = options;
+  const {
+    directory,
+    sessionDirectory = '.bits-sessions',
+    fsync = 'fragment',
+    maxOpenFiles = DEFAULT_MAX_OPEN_FILES,
+    openFileIdleTimeout = DEFAULT_OPEN_FILE_IDLE_TIMEOUT,
+  } = options;
   if (typeof directory !== 'string' || directory === '') {
     throw new TypeError(`FileSystemStorage option "directory" must be a non-empty path, got ${show(directory)}`);
   }
@@ -932,7 +1163,15 @@ function resolveOptions(options: FileSystemStorageOptions): ResolvedOptions {
       `FileSystemStorage option "fsync" must be one of ${FSYNC_POLICIES.map((p) => `'${p}'`).join(', ')}, got ${show(fsync)}`,
     );
   }
-  return Object.freeze({ root: path.resolve(directory), sessionDirectory, fsync });
+  if (typeof maxOpenFiles !== 'number' || !Number.isSafeInteger(maxOpenFiles) || maxOpenFiles < 0) {
+    throw new TypeError(`FileSystemStorage option "maxOpenFiles" must be a whole number of files, 0 or more, got ${show(maxOpenFiles)}`);
+  }
+  if (typeof openFileIdleTimeout !== 'number' || !Number.isFinite(openFileIdleTimeout) || openFileIdleTimeout <= 0) {
+    throw new TypeError(
+      `FileSystemStorage option "openFileIdleTimeout" must be a number of milliseconds above 0, got ${show(openFileIdleTimeout)}`,
+    );
+  }
+  return Object.freeze({ root: path.resolve(directory), sessionDirectory, fsync, maxOpenFiles, openFileIdleTimeout });
 }
 
 /**
@@ -953,17 +1192,166 @@ export function sessionFolderName(id: string): string {
   return name;
 }
 
-/** The data file is the truth for what is on disk, but never beyond what the record vouches for. */
-async function reconcile(record: StoredRecord, dir: string): Promise<StoredRecord> {
+/**
+ * A record as it stands. For a session `receiving`, the data file decides (see the class comment):
+ * its length (capped at the total) is the received length, and its modification time, when later,
+ * the last progress. A missing data file holds nothing, except during an interrupted commit, which
+ * moved it to the destination.
+ */
+function reconcile(record: StoredRecord, data: Stats | undefined): StoredRecord {
   if (record.state !== 'receiving') return record;
-  const data = await statOrUndefined(path.join(dir, DATA_FILE));
-  const onDisk = data?.size ?? 0;
-  if (onDisk >= record.receivedLength) return record;
-  if (!record.committing) debug('session %s: record says %d bytes, data file has %d', record.id, record.receivedLength, onDisk);
-  // A missing data file during an interrupted commit means the bytes are at the destination.
-  if (record.committing && data === undefined) return record;
-  // A hash recorded for the complete upload no longer describes the bytes held.
-  return { ...record, receivedLength: onDisk, sha256: undefined };
+  if (data === undefined && record.committing) {
+    const receivedLength = committedLength(record);
+    return receivedLength === record.receivedLength ? record : { ...record, receivedLength };
+  }
+  const receivedLength = receivedOf(record, data?.size ?? 0);
+  // mtimeMs is a float of the nanosecond time, which setTime makes a whole millisecond.
+  const updatedAt = data === undefined ? record.updatedAt : Math.max(record.updatedAt, Math.round(data.mtimeMs));
+  if (receivedLength === record.receivedLength && updatedAt === record.updatedAt) return record;
+  if (receivedLength < record.receivedLength && !record.committing) {
+    debug('session %s: record says %d bytes, data file has %d', record.id, record.receivedLength, receivedLength);
+  }
+  // A hash recorded for the complete upload no longer describes fewer bytes.
+  const sha256 = receivedLength < record.receivedLength ? undefined : record.sha256;
+  return { ...record, receivedLength, updatedAt, sha256 };
+}
+
+/** The length of the upload a record with the commit marker commits: a commit starts only once all of it is held. */
+function committedLength(record: StoredRecord): number {
+  return record.totalLength ?? record.receivedLength;
+}
+
+/** The received length of a session in progress whose data file has `size` bytes. */
+function receivedOf(record: StoredRecord, size: number): number {
+  // Bytes beyond the total are not the upload's: the middleware never sends them.
+  return record.totalLength === undefined ? size : Math.min(size, record.totalLength);
+}
+
+/**
+ * What identifies one version of record.json: it is only ever replaced by a rename, so a new
+ * version is a new inode, and inode numbers reused later come with other times.
+ */
+function stampOf(stats: BigIntStats): string {
+  return `${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}`;
+}
+
+/** Sets a file's access and modification time to `time` (ms since the epoch). */
+function setTime(file: string | FileHandle, time: number): Promise<void> {
+  const date = new Date(time);
+  return typeof file === 'string' ? fs.utimes(file, date, date) : file.utimes(date, date);
+}
+
+/** Closes a file; a failure to close is only logged (nothing was written through it since its last flush). */
+function closeQuietly(handle: FileHandle): Promise<void> {
+  return handle.close().catch((error: unknown) => debug('cannot close a data file: %s', errorText(error)));
+}
+
+/** How writing a fragment body went. */
+interface WriteOutcome {
+  /** Bytes written, from the position on, without a gap. */
+  readonly written: number;
+  /** Why storing failed (the rest of the body was not read). */
+  readonly storageError: unknown;
+  /** Why the body failed (a client abort); everything it delivered before was written. */
+  readonly bodyError: unknown;
+}
+
+/**
+ * Writes `body` to `handle` at `position`, gathering chunks as {@link MIN_WRITE} explains. Bytes
+ * delivered before the body failed are written too: they are the client's, in order (§6.3). A
+ * write that stores part of its bytes counts them, so a failure halfway still knows what landed.
+ */
+async function writeBody(handle: FileHandle, position: number, body: Readable): Promise<WriteOutcome> {
+  let written = 0;
+  let storageError: unknown;
+  let bodyError: unknown;
+  /** A chunk that is not bytes: a caller's bug, reported like a failure to store, not taken for an abort. */
+  let invalidChunk: unknown;
+  let queue: Buffer[] = [];
+  let queued = 0;
+  let inFlight: Promise<void> | undefined;
+  let stallTimer: NodeJS.Timeout | undefined;
+  /** The body is done: whatever is queued goes out now. */
+  let ended = false;
+
+  const writeQueue = (): void => {
+    clearTimeout(stallTimer);
+    stallTimer = undefined;
+    if (inFlight !== undefined || queue.length === 0 || storageError !== undefined) return;
+    const batch = queue;
+    queue = [];
+    queued = 0;
+    inFlight = writeAll(handle, batch, position + written, (bytes) => {
+      written += bytes;
+    })
+      .catch((error: unknown) => {
+        storageError = error;
+      })
+      .then(() => {
+        inFlight = undefined;
+        writeWhenWorth();
+      });
+  };
+  /** Writes the queue once it is worth a write (or the body ended), else when the body stalls. */
+  const writeWhenWorth = (): void => {
+    if (inFlight !== undefined || queue.length === 0) return;
+    if (ended || queued >= MIN_WRITE) writeQueue();
+    else stallTimer ??= setTimeout(writeQueue, STALL_FLUSH_MS);
+  };
+
+  try {
+    for await (const chunk of body as AsyncIterable<unknown>) {
+      let bytes: Buffer;
+      try {
+        bytes = toBuffer(chunk);
+      } catch (error) {
+        invalidChunk = error;
+        break;
+      }
+      if (bytes.length === 0) continue;
+      queue.push(bytes);
+      queued += bytes.length;
+      writeWhenWorth();
+      while (queued >= MAX_WRITE && inFlight !== undefined) await inFlight;
+      // Stops reading; leaving the loop destroys the body, which the contract allows on failure.
+      if (storageError !== undefined) break;
+    }
+  } catch (error) {
+    bodyError = error;
+  }
+  // The rest goes now, also after a failed body.
+  ended = true;
+  writeWhenWorth();
+  while (inFlight !== undefined) await inFlight;
+  clearTimeout(stallTimer);
+  return { written, storageError: storageError ?? invalidChunk, bodyError };
+}
+
+/** Writes all of `buffers` at `position`, calling `progress` with the bytes of every write call. */
+async function writeAll(handle: FileHandle, buffers: Buffer[], position: number, progress: (bytes: number) => void): Promise<void> {
+  let rest = buffers;
+  let at = position;
+  while (rest.length > 0) {
+    const { bytesWritten } = await handle.writev(rest, at);
+    if (bytesWritten <= 0) throw new Error('A write of the data file stored no byte');
+    progress(bytesWritten);
+    at += bytesWritten;
+    rest = dropBytes(rest, bytesWritten);
+  }
+}
+
+/** `buffers` without their first `count` bytes, without copying. */
+function dropBytes(buffers: Buffer[], count: number): Buffer[] {
+  let skip = count;
+  let index = 0;
+  while (index < buffers.length && skip >= (buffers[index]?.length ?? 0)) {
+    skip -= buffers[index]?.length ?? 0;
+    index += 1;
+  }
+  const rest = buffers.slice(index);
+  const first = rest[0];
+  if (first !== undefined && skip > 0) rest[0] = first.subarray(skip);
+  return rest;
 }
 
 function toBuffer(chunk: unknown, what = 'A fragment body'): Buffer {

@@ -20,6 +20,7 @@ import {
   BitsClient,
   checkAck,
   parseResponse,
+  patternBytes,
   patternSource,
   receivedOffset,
   sha256OfFile,
@@ -426,10 +427,11 @@ describe('start-up reconciliation', () => {
       running = undefined;
     }
     const goodRecord = JSON.parse(await fsp.readFile(path.join(sessions, good, 'record.json'), 'utf8')) as Record<string, unknown>;
-    expect(goodRecord['receivedLength']).toBe(100 * KiB);
 
-    // A crash tail: bytes written after the last acknowledged ones, never recorded.
-    await fsp.appendFile(path.join(sessions, good, 'data'), Buffer.alloc(5000, 0xee));
+    // A crash tail: the client's next bytes, written before a crash and never acknowledged. The data
+    // file is the durable offset, so they count: the client is told and sends from after them.
+    const tail = 5000;
+    await fsp.appendFile(path.join(sessions, good, 'data'), await patternBytes('reconcile-good', 100 * KiB, 100 * KiB + tail));
     // A record replacement that never finished.
     await fsp.writeFile(path.join(sessions, good, 'record.json.tmp'), '{"version":1,"id":"half-writ');
     // Orphans: data without a record, a corrupt record, a record without data.
@@ -462,8 +464,8 @@ describe('start-up reconciliation', () => {
     expect(folders).not.toContain(dataOnly);
     expect(folders).not.toContain(corrupt);
     expect(folders).toContain(good);
-    // The crash tail is cut back to the acknowledged bytes; the half-written record is gone.
-    expect((await fsp.stat(path.join(sessions, good, 'data'))).size).toBe(100 * KiB);
+    // The crash tail is kept (the client's own bytes at their offsets); the half-written record is gone.
+    expect((await fsp.stat(path.join(sessions, good, 'data'))).size).toBe(100 * KiB + tail);
     expect(await exists(path.join(sessions, good, 'record.json.tmp'))).toBe(false);
     const client = newClient(port);
 
@@ -473,10 +475,10 @@ describe('start-up reconciliation', () => {
     if (probe.status === 500) expectSessionNotFound(probe, noData);
     else expectAck(probe, 416, { 'BITS-Received-Content-Range': '0' }, { 'BITS-Session-Id': noData });
 
-    // The good session resumes exactly at its acknowledged offset: a gap probe reveals it.
+    // The good session resumes exactly at its durable offset: a gap probe reveals it.
     const gap = await sendRange(client, '/up/good.bin', good, goodSource, 200 * KiB, 300 * KiB);
-    expectAck(gap, 416, { 'BITS-Received-Content-Range': String(100 * KiB) }, { 'BITS-Session-Id': good });
-    await sendAll(client, '/up/good.bin', good, goodSource, 64 * KiB, 100 * KiB);
+    expectAck(gap, 416, { 'BITS-Received-Content-Range': String(100 * KiB + tail) }, { 'BITS-Session-Id': good });
+    await sendAll(client, '/up/good.bin', good, goodSource, 64 * KiB, 100 * KiB + tail);
     expect(await sha256OfFile(path.join(root, 'good.bin'))).toBe(await sha256OfSource(goodSource));
     expect(log.completed.map((upload) => [upload.sessionId, upload.sha256])).toEqual([[good, await sha256OfSource(goodSource)]]);
     expectAck(await client.close('/up/good.bin', good), 200, {}, { 'BITS-Session-Id': good });
