@@ -327,12 +327,14 @@ function resolveStorage(storage: unknown, directory: unknown): StorageAdapter {
         `${missing.join(', ')}. A storage adapter implements every method of StorageAdapter.`,
     );
   }
-  const { recover } = storage as { recover?: unknown };
-  if (recover !== undefined && typeof recover !== 'function') {
-    throw new TypeError(
-      `bitsUpload: option "storage" has a "recover" that is not a method, got ${show(recover)}. ` +
-        'recover is optional: implement it as a method or leave it out.',
-    );
+  for (const name of ['recover', 'close'] as const) {
+    const method = (storage as Partial<Record<typeof name, unknown>>)[name];
+    if (method !== undefined && typeof method !== 'function') {
+      throw new TypeError(
+        `bitsUpload: option "storage" has a "${name}" that is not a method, got ${show(method)}. ` +
+          `${name} is optional: implement it as a method or leave it out.`,
+      );
+    }
   }
   return storage as StorageAdapter;
 }

@@ -225,6 +225,8 @@ export class UploadRuntime {
     this.#phase = 'closed';
     this.hashes.clear();
     this.openSessions.clear();
+    // Release the storage's open files or connections too (file handles, bits-protocol.md §5.4 cleanup).
+    await this.options.storage.close?.().catch((error: unknown) => debug('close: the storage failed to close: %O', error));
     debug('closed');
   }
 

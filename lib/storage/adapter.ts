@@ -109,7 +109,7 @@ export interface CommitOptions {
  * that continue the session's data exactly at its durable offset. The adapter owns bytes and
  * records.
  *
- * Every method is required, except `recover` and `localDataFile`, and returns a promise. Methods that name a session id
+ * Every method is required, except `recover`, `localDataFile` and `close`, and returns a promise. Methods that name a session id
  * reject with a {@link SessionNotFoundError} when no record exists.
  */
 export interface StorageAdapter {
@@ -187,6 +187,12 @@ export interface StorageAdapter {
    * Adapters without local files omit it.
    */
   localDataFile?(id: string): Promise<string>;
+
+  /**
+   * Optional. Releases what the adapter holds open between calls (file handles, connections) when
+   * the middleware is closed. The adapter may stay usable afterwards.
+   */
+  close?(): Promise<void>;
 
   /**
    * Optional. Repairs what a crash may have left, once, before the middleware serves its first

@@ -166,6 +166,22 @@ describe('close()', () => {
     await expect(middleware.close({ timeout: timeout as number })).rejects.toThrow(/close: option "timeout" must be a number/);
   });
 
+  test('releases the storage: its optional close() is awaited once, and its failure does not reject', async () => {
+    const storage = Object.assign(new StubStorage(), { close: jest.fn(async () => undefined) });
+    const middleware = make({ storage });
+    await middleware.close();
+    await middleware.close();
+    expect(storage.close).toHaveBeenCalledTimes(1);
+    const failing = Object.assign(new StubStorage(), { close: jest.fn(async () => Promise.reject(new Error('busy'))) });
+    await expect(make({ storage: failing }).close()).resolves.toBeUndefined();
+  });
+
+  test('a storage whose close is not a method is refused at creation', () => {
+    expect(() => make({ storage: Object.assign(new StubStorage(), { close: 42 }) as unknown as StubStorage })).toThrow(
+      /option "storage" has a "close" that is not a method/,
+    );
+  });
+
   test('resolves at once when nothing is in flight; the same promise on every call', async () => {
     const middleware = make({ storage: new StubStorage() });
     const closing = middleware.close();
