@@ -203,6 +203,28 @@ export interface StorageAdapter {
   recover?(): Promise<RecoveryReport>;
 }
 
+/**
+ * The record a new session starts with, as {@link StorageAdapter.createSession} must store it:
+ * state `receiving`, nothing received, no total yet, last progress at creation.
+ */
+export function newSessionRecord(session: NewSession): SessionRecord {
+  return {
+    id: session.id,
+    destination: [...session.destination],
+    urlPath: session.urlPath,
+    principal: session.principal,
+    protocol: session.protocol,
+    totalLength: undefined,
+    receivedLength: 0,
+    state: 'receiving',
+    createdAt: session.createdAt,
+    updatedAt: session.createdAt,
+    sha256: undefined,
+    delivered: false,
+    reply: undefined,
+  };
+}
+
 /** Thrown by adapters when a session id has no record. */
 export class SessionNotFoundError extends Error {
   readonly code = 'BITS_SESSION_NOT_FOUND';

@@ -10,6 +10,7 @@ import {
   DestinationExistsError,
   DestinationIsDirectoryError,
   InvalidDestinationError,
+  newSessionRecord,
   SessionNotFoundError,
 } from './adapter';
 import type {
@@ -213,21 +214,7 @@ export class FileSystemStorage implements StorageAdapter {
     const dir = this.#sessionPath(session.id);
     // Not recursive: an existing folder means the id is taken, which must never be papered over.
     await fs.mkdir(dir);
-    const record: StoredRecord = {
-      id: session.id,
-      destination: [...session.destination],
-      urlPath: session.urlPath,
-      principal: session.principal,
-      protocol: session.protocol,
-      totalLength: undefined,
-      receivedLength: 0,
-      state: 'receiving',
-      createdAt: session.createdAt,
-      updatedAt: session.createdAt,
-      sha256: undefined,
-      delivered: false,
-      reply: undefined,
-    };
+    const record: StoredRecord = newSessionRecord(session);
     let data: FileHandle | undefined;
     try {
       data = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS | fsConstants.O_EXCL);

@@ -2,6 +2,7 @@ export {
   DestinationExistsError,
   DestinationIsDirectoryError,
   InvalidDestinationError,
+  newSessionRecord,
   SessionNotFoundError,
 } from './adapter';
 export type {

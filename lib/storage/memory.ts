@@ -3,6 +3,7 @@ import {
   DestinationExistsError,
   DestinationIsDirectoryError,
   InvalidDestinationError,
+  newSessionRecord,
   SessionNotFoundError,
 } from './adapter';
 import type {
@@ -66,21 +67,7 @@ export class MemoryStorage implements StorageAdapter {
   async createSession(session: NewSession): Promise<SessionRecord> {
     validate(session.destination);
     if (this.#sessions.has(session.id)) throw new Error(`Session ${session.id} already exists`);
-    const record: SessionRecord = freeze({
-      id: session.id,
-      destination: session.destination,
-      urlPath: session.urlPath,
-      principal: session.principal,
-      protocol: session.protocol,
-      totalLength: undefined,
-      receivedLength: 0,
-      state: 'receiving',
-      createdAt: session.createdAt,
-      updatedAt: session.createdAt,
-      sha256: undefined,
-      delivered: false,
-      reply: undefined,
-    });
+    const record: SessionRecord = freeze(newSessionRecord(session));
     this.#sessions.set(session.id, { record, chunks: [], committed: false, reply: undefined });
     return record;
   }

@@ -8,6 +8,7 @@ import { Readable } from 'node:stream';
 import {
   DestinationExistsError,
   DestinationIsDirectoryError,
+  newSessionRecord,
   SessionNotFoundError,
   type CommitOptions,
   type Destination,
@@ -98,16 +99,7 @@ export class StubStorage implements StorageAdapter {
   async createSession(session: NewSession): Promise<SessionRecord> {
     await this.#enter('createSession', [session]);
     if (this.#sessions.has(session.id)) throw new Error(`duplicate session ${session.id}`);
-    const record: SessionRecord = {
-      ...session,
-      totalLength: undefined,
-      receivedLength: 0,
-      state: 'receiving',
-      updatedAt: session.createdAt,
-      sha256: undefined,
-      delivered: false,
-      reply: undefined,
-    };
+    const record = newSessionRecord(session);
     this.#sessions.set(session.id, { record, data: Buffer.alloc(0), reply: undefined });
     return record;
   }
