@@ -114,21 +114,30 @@ function runServer(variant, options) {
         return basePush.call(this, chunk, encoding);
       };
     });
-    // Runs after the shim's listener: wraps the tracker's push to see what the socket received.
-    server.on('connection', (socket) => {
-      const trackerPush = socket.push;
-      socket.push = function observedInput(chunk, encoding) {
+    // Runs after the shim's listener: wraps the tracker's input to see what the socket received,
+    // the read callback of Node's onread mode (plain TCP) or else push (TLS).
+    const observe = (receive, chunkOf) =>
+      function observedInput(...args) {
+        const chunk = chunkOf(args);
         if (Buffer.isBuffer(chunk)) {
           copies.in += chunk.length;
           received.add(chunk.buffer);
         }
         inTracker = true;
         try {
-          return trackerPush.call(this, chunk, encoding);
+          return receive.apply(this, args);
         } finally {
           inTracker = false;
         }
       };
+    server.on('connection', (socket) => {
+      const kBuffer = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kBuffer');
+      const kBufferCb = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kBufferCb');
+      if (kBufferCb !== undefined && typeof socket[kBufferCb] === 'function') {
+        socket[kBufferCb] = observe(socket[kBufferCb], ([nread]) => socket[kBuffer].subarray(0, nread));
+      } else {
+        socket.push = observe(socket.push, ([chunk]) => chunk);
+      }
     });
   }
 

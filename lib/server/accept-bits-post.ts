@@ -5,6 +5,7 @@ import type { Socket } from 'node:net';
 import createDebug from 'debug';
 import { FramingTracker, type PassthroughReason } from './framing-tracker';
 import { MARKER_LINE, MARKER_OVERHEAD, NATIVE_BITS_POST, restoreMarkedRequest } from './method-marker';
+import { detach, pushPiece, readIntoSharedBuffer } from './shared-read-buffer';
 import { createTrustedProxy, type TrustedProxy, type TrustedProxyOptions } from './trusted-proxy';
 
 const debug = createDebug('bits-upload:method');
@@ -187,8 +188,23 @@ function hookRequestEvents(server: AnyServer, state: ServerState): void {
   const originalEmit = server.emit;
   server.emit = function emitWithBitsPost(this: AnyServer, event: string | symbol, ...args: unknown[]): boolean {
     if (REQUEST_EVENTS.has(event)) recogniseRequest(args[0] as IncomingMessage, state);
+    detachSharedBytes(event, args);
     return Reflect.apply(originalEmit, this, [event, ...args]) as boolean;
   } as typeof server.emit;
+}
+
+/**
+ * The bytes Node hands to listeners beyond the parser (the head of an upgraded or CONNECT stream,
+ * the raw packet of a client error) may be views of the shared read buffer: give listeners copies,
+ * as Node's native path does, since they may keep them.
+ */
+function detachSharedBytes(event: string | symbol, args: unknown[]): void {
+  if (event === 'upgrade' || event === 'connect') {
+    if (Buffer.isBuffer(args[2])) args[2] = detach(args[2]);
+  } else if (event === 'clientError') {
+    const error = args[0] as { rawPacket?: unknown } | undefined;
+    if (error !== undefined && Buffer.isBuffer(error.rawPacket)) error.rawPacket = detach(error.rawPacket);
+  }
 }
 
 function recogniseRequest(req: IncomingMessage, state: ServerState): void {
@@ -226,6 +242,7 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
   });
   const holdTimeout = options.holdTimeout ?? (server.headersTimeout || 60_000);
   const originalPush = socket.push;
+  const push = (chunk: Buffer): boolean => originalPush.call(socket, chunk);
   let lastResult = true;
   let holdTimer: NodeJS.Timeout | undefined;
   let finished = false;
@@ -234,7 +251,8 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     // parser's 400 destroys the socket at once, and onPassthrough (and the debug line) would get a
     // socket whose remoteAddress is already gone.
     if (tracker.passthroughReason !== null) finish();
-    lastResult = originalPush.call(socket, piece);
+    // Once passed through, the bytes may go to other listeners (an upgraded socket's): copies only.
+    lastResult = finished ? push(detach(piece)) : pushPiece(socket, push, piece);
   };
 
   const finish = (): void => {
@@ -259,14 +277,7 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     socket.destroy();
   };
 
-  socket.push = function pushThroughTracker(chunk: unknown, encoding?: BufferEncoding): boolean {
-    if (chunk === null) {
-      if (tracker.holding) tracker.stop('end-of-stream', forward);
-      if (holdTimer !== undefined) clearTimeout(holdTimer);
-      finish();
-      return originalPush.call(socket, null);
-    }
-    if (!Buffer.isBuffer(chunk)) return originalPush.call(socket, chunk, encoding);
+  const receive = (chunk: Buffer): boolean => {
     lastResult = true;
     const rewrittenBefore = tracker.rewritten;
     tracker.write(chunk, forward);
@@ -280,6 +291,18 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     if (tracker.passthroughReason !== null) finish();
     return lastResult;
   };
+
+  socket.push = function pushThroughTracker(chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk === null) {
+      if (tracker.holding) tracker.stop('end-of-stream', forward);
+      if (holdTimer !== undefined) clearTimeout(holdTimer);
+      finish();
+      return originalPush.call(socket, null);
+    }
+    if (!Buffer.isBuffer(chunk)) return originalPush.call(socket, chunk, encoding);
+    return receive(chunk);
+  };
+  readIntoSharedBuffer(socket, (view) => (finished ? push(detach(view)) : receive(view)));
   socket.once('close', () => {
     if (holdTimer !== undefined) clearTimeout(holdTimer);
   });

@@ -522,17 +522,15 @@ describe('resources', () => {
     acceptBitsPost(server, { holdTimeout: 60000 });
     let client;
     server.on('connection', (socket) => {
-      const shimPush = socket.push;
-      socket.push = function (chunk, encoding) {
-        const result = shimPush.call(this, chunk, encoding);
-        if (chunk && chunk.length > 0) {
-          server.unref();
-          client.unref();
-          if (!keepServerSocket) socket.unref();
-          process.stdout.write('held\\n');
-        }
-        return result;
-      };
+      // The shim reads into its own buffer, so watch the byte count for the held line's arrival.
+      const poll = setInterval(() => {
+        if (socket.bytesRead === 0) return;
+        clearInterval(poll);
+        server.unref();
+        client.unref();
+        if (!keepServerSocket) socket.unref();
+        process.stdout.write('held\\n');
+      }, 5);
     });
     server.listen(0, '127.0.0.1', () => {
       client = net.connect(server.address().port, '127.0.0.1', () => client.write('BITS_POST /held HTTP/1.1'));
