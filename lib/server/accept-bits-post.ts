@@ -251,8 +251,7 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     // parser's 400 destroys the socket at once, and onPassthrough (and the debug line) would get a
     // socket whose remoteAddress is already gone.
     if (tracker.passthroughReason !== null) finish();
-    // Once passed through, the bytes may go to other listeners (an upgraded socket's): copies only.
-    lastResult = finished ? push(detach(piece)) : pushPiece(socket, push, piece);
+    lastResult = pushPiece(socket, push, piece);
   };
 
   const finish = (): void => {
@@ -302,7 +301,7 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
     if (!Buffer.isBuffer(chunk)) return originalPush.call(socket, chunk, encoding);
     return receive(chunk);
   };
-  readIntoSharedBuffer(socket, (view) => (finished ? push(detach(view)) : receive(view)));
+  readIntoSharedBuffer(socket, (view) => (finished ? pushPiece(socket, push, view) : receive(view)));
   socket.once('close', () => {
     if (holdTimer !== undefined) clearTimeout(holdTimer);
   });

@@ -10,8 +10,9 @@ import type { Socket } from 'node:net';
  * a caller's buffer instead, which is what Node's own parser does on its fast path with its static
  * buffer. Every read is handed to the HTTP parser synchronously (llhttp copies body bytes and saves
  * header fragments before `execute` returns), so one buffer serves every connection, the way the
- * native path shares one. A piece that cannot be handed over at once (the socket is paused or has
- * bytes queued) is copied before it is queued, so nothing ever keeps a view of the shared buffer.
+ * native path shares one. A piece that cannot be handed to the parser at once (the socket is paused
+ * or has bytes queued, or an upgrade gave it to another owner) is copied, and so are the bytes Node
+ * hands to listeners (see `detach`), so nothing ever keeps a view of the shared buffer.
  */
 
 const SHARED_BUFFER_SIZE = 64 * 1024;
@@ -31,6 +32,8 @@ interface ReadableInternals {
 interface UserBufferSocket extends Socket {
   _handle?: UserBufferHandle | null;
   _readableState?: ReadableInternals;
+  /** Node's HTTP parser while it owns the socket; null once an upgrade or CONNECT handed it over. */
+  parser?: unknown;
 }
 
 /** The socket symbols of Node's `onread` mode, found once on the first socket seen. */
@@ -75,14 +78,20 @@ export function detach<T extends Uint8Array>(chunk: T): T | Buffer {
 
 /**
  * Pushes a piece of a read into the socket's Readable side. A view of the shared buffer goes as is
- * only when Readable emits it synchronously to a single 'data' listener, the HTTP server's parser
- * (flowing, nothing queued, not inside `_read`); otherwise it would be queued or kept by someone
- * else and overwritten by the next read, so a copy goes.
+ * only when Readable emits it synchronously to a single 'data' listener while Node's HTTP parser
+ * owns the socket (flowing, nothing queued, not inside `_read`); otherwise it would be queued, or
+ * kept by someone else (an upgraded socket's new owner), and overwritten by the next read, so a
+ * copy goes.
  */
 export function pushPiece(socket: Socket, push: (chunk: Buffer) => boolean, piece: Buffer): boolean {
   if (!isSharedView(piece)) return push(piece);
-  const state = (socket as UserBufferSocket)._readableState;
+  const { _readableState: state, parser } = socket as UserBufferSocket;
   const direct =
-    state !== undefined && state.flowing === true && state.length === 0 && !state.sync && socket.listenerCount('data') === 1;
+    parser != null &&
+    state !== undefined &&
+    state.flowing === true &&
+    state.length === 0 &&
+    !state.sync &&
+    socket.listenerCount('data') === 1;
   return push(direct ? piece : Buffer.from(piece));
 }
