@@ -3,7 +3,7 @@ import { constants as fsConstants, type BigIntStats, type Stats } from 'node:fs'
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
-import { Readable } from 'node:stream';
+import { finished, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import createDebug from 'debug';
 import {
@@ -154,6 +154,8 @@ const DEFAULT_OPEN_FILE_IDLE_TIMEOUT = 10_000;
 const STATES: readonly SessionState[] = ['receiving', 'complete', 'closed', 'cancelled'];
 const FSYNC_POLICIES: readonly FsyncPolicy[] = ['fragment', 'commit', 'never'];
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com\d|lpt\d)$/i;
+/** A session id that is its own folder name: only characters never encoded, and short enough. */
+const PLAIN_FOLDER_NAME = /^[A-Za-z0-9_{}-]{1,200}$/;
 
 /**
  * Stores uploads on a local (or any POSIX-like) file system. Each session is a folder
@@ -1168,6 +1170,8 @@ function resolveOptions(options: FileSystemStorageOptions): ResolvedOptions {
  * (`{XXXXXXXX-...}`, bits-protocol.md §5.1) map to themselves.
  */
 export function sessionFolderName(id: string): string {
+  // Nothing to encode (every IIS-style id): skip the walk over the bytes.
+  if (PLAIN_FOLDER_NAME.test(id) && !WINDOWS_RESERVED.test(id)) return id;
   let name = '';
   for (const byte of Buffer.from(id, 'utf8')) {
     const char = String.fromCharCode(byte);
@@ -1247,71 +1251,91 @@ interface WriteOutcome {
  * Writes `body` to `handle` at `position`, gathering chunks as {@link MIN_WRITE} explains. Bytes
  * delivered before the body failed are written too: they are the client's, in order (§6.3). A
  * write that stores part of its bytes counts them, so a failure halfway still knows what landed.
+ * The body is read with 'data' events and paused while {@link MAX_WRITE} bytes wait for a write in
+ * flight: an async iterator would allocate a promise and a result per chunk, garbage that costs
+ * the event loop more than the rest of a chunk's handling.
  */
-async function writeBody(handle: FileHandle, position: number, body: Readable): Promise<WriteOutcome> {
-  let written = 0;
-  let storageError: unknown;
-  let bodyError: unknown;
-  /** A chunk that is not bytes: a caller's bug, reported like a failure to store, not taken for an abort. */
-  let invalidChunk: unknown;
-  let queue: Buffer[] = [];
-  let queued = 0;
-  let inFlight: Promise<void> | undefined;
-  let stallTimer: NodeJS.Timeout | undefined;
-  /** The body is done: whatever is queued goes out now. */
-  let ended = false;
+function writeBody(handle: FileHandle, position: number, body: Readable): Promise<WriteOutcome> {
+  return new Promise((resolve) => {
+    let written = 0;
+    let storageError: unknown;
+    let bodyError: unknown;
+    /** A chunk that is not bytes: a caller's bug, reported like a failure to store, not taken for an abort. */
+    let invalidChunk: unknown;
+    let queue: Buffer[] = [];
+    let queued = 0;
+    let inFlight = false;
+    let stallTimer: NodeJS.Timeout | undefined;
+    /** Reading is over (the body ended or failed, or storing failed): whatever is queued goes out now. */
+    let ended = false;
 
-  const writeQueue = (): void => {
-    clearTimeout(stallTimer);
-    stallTimer = undefined;
-    if (inFlight !== undefined || queue.length === 0 || storageError !== undefined) return;
-    const batch = queue;
-    queue = [];
-    queued = 0;
-    inFlight = writeAll(handle, batch, position + written, (bytes) => {
-      written += bytes;
-    })
-      .catch((error: unknown) => {
-        storageError = error;
+    const writeQueue = (): void => {
+      clearTimeout(stallTimer);
+      stallTimer = undefined;
+      if (inFlight || queue.length === 0 || storageError !== undefined) return;
+      const batch = queue;
+      queue = [];
+      queued = 0;
+      inFlight = true;
+      writeAll(handle, batch, position + written, (bytes) => {
+        written += bytes;
       })
-      .then(() => {
-        inFlight = undefined;
-        writeWhenWorth();
-      });
-  };
-  /** Writes the queue once it is worth a write (or the body ended), else when the body stalls. */
-  const writeWhenWorth = (): void => {
-    if (inFlight !== undefined || queue.length === 0) return;
-    if (ended || queued >= MIN_WRITE) writeQueue();
-    else stallTimer ??= setTimeout(writeQueue, STALL_FLUSH_MS);
-  };
-
-  try {
-    for await (const chunk of body as AsyncIterable<unknown>) {
+        .catch((error: unknown) => {
+          storageError = error;
+        })
+        .then(() => {
+          inFlight = false;
+          // Storing failed: stop reading; destroying the body is what the contract allows then.
+          if (storageError !== undefined) stopReading(true);
+          writeWhenWorth();
+          if (!ended && body.isPaused()) body.resume();
+          settleWhenDone();
+        });
+    };
+    /** Writes the queue once it is worth a write (or reading is over), else when the body stalls. */
+    const writeWhenWorth = (): void => {
+      if (inFlight || queue.length === 0) return;
+      if (ended || queued >= MIN_WRITE) writeQueue();
+      else stallTimer ??= setTimeout(writeQueue, STALL_FLUSH_MS);
+    };
+    const settleWhenDone = (): void => {
+      if (!ended || inFlight) return;
+      clearTimeout(stallTimer);
+      resolve({ written, storageError: storageError ?? invalidChunk, bodyError });
+    };
+    const onData = (chunk: unknown): void => {
       let bytes: Buffer;
       try {
         bytes = toBuffer(chunk);
       } catch (error) {
         invalidChunk = error;
-        break;
+        stopReading(true);
+        writeWhenWorth();
+        settleWhenDone();
+        return;
       }
-      if (bytes.length === 0) continue;
+      if (bytes.length === 0) return;
       queue.push(bytes);
       queued += bytes.length;
       writeWhenWorth();
-      while (queued >= MAX_WRITE && inFlight !== undefined) await inFlight;
-      // Stops reading; leaving the loop destroys the body, which the contract allows on failure.
-      if (storageError !== undefined) break;
+      if (queued >= MAX_WRITE && inFlight) body.pause();
+    };
+    const stopWatching = finished(body, { writable: false }, (error) => {
+      // The rest goes now, also after a failed body.
+      if (error !== undefined && error !== null && !ended) bodyError = error;
+      stopReading(false);
+      writeWhenWorth();
+      settleWhenDone();
+    });
+    function stopReading(destroy: boolean): void {
+      if (ended) return;
+      ended = true;
+      body.off('data', onData);
+      stopWatching();
+      if (destroy) body.destroy();
     }
-  } catch (error) {
-    bodyError = error;
-  }
-  // The rest goes now, also after a failed body.
-  ended = true;
-  writeWhenWorth();
-  while (inFlight !== undefined) await inFlight;
-  clearTimeout(stallTimer);
-  return { written, storageError: storageError ?? invalidChunk, bodyError };
+    body.on('data', onData);
+  });
 }
 
 /** Writes all of `buffers` at `position`, calling `progress` with the bytes of every write call. */

@@ -171,6 +171,13 @@ describe('FileSystemStorage', () => {
       expect(sessionFolderName('a/b\\c')).toBe('a%2Fb%5Cc');
       expect(sessionFolderName('CON')).toBe('%43ON');
       expect(sessionFolderName('x'.repeat(300))).toMatch(/^~[0-9a-f]{64}$/);
+      // The edges of the shortcut for ids that need no encoding.
+      expect(sessionFolderName('x'.repeat(200))).toBe('x'.repeat(200));
+      expect(sessionFolderName('x'.repeat(201))).toMatch(/^~[0-9a-f]{64}$/);
+      expect(sessionFolderName('')).toMatch(/^~[0-9a-f]{64}$/);
+      expect(sessionFolderName('com1')).toBe('%63om1');
+      expect(sessionFolderName('com1x')).toBe('com1x');
+      expect(sessionFolderName('{a}_b-C9')).toBe('{a}_b-C9');
     });
 
     it('keeps ids that differ only in case apart', async () => {
