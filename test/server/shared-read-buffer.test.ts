@@ -13,11 +13,11 @@ import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { generate } from 'selfsigned';
 import { acceptBitsPost, bitsPostStats } from '../../lib/server/accept-bits-post';
 import { isSharedView } from '../../lib/server/shared-read-buffer';
 import { RawClient, buildRequest, closeServer, listen, waitFor } from '../helpers/net-utils';
 import { delay, seededRandom, sha256, startServer, type StartedServer } from '../helpers/raw-http';
+import { localhostCertificate } from '../helpers/self-signed';
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -130,16 +130,7 @@ let key = '';
 let cert = '';
 
 beforeAll(async () => {
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    algorithm: 'sha256',
-    extensions: [
-      { name: 'basicConstraints', cA: false },
-      { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
-    ],
-  });
-  key = pems.private;
-  cert = pems.cert;
+  ({ key, cert } = await localhostCertificate());
 });
 
 // ---------------------------------------------------------------------------------------------

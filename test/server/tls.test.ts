@@ -7,10 +7,10 @@ import { createHash } from 'node:crypto';
 import type http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
-import { generate } from 'selfsigned';
 import { acceptBitsPost, bitsPostStats, type AcceptBitsPostOptions } from '../../lib/server/accept-bits-post';
 import { createBitsServer } from '../../lib/server/create-server';
 import { RawClient, buildRequest, type AnyServer, closeServer, listen, makeBody, sha256, sleep } from '../helpers/net-utils';
+import { localhostCertificate } from '../helpers/self-signed';
 
 interface Seen {
   readonly method: string;
@@ -32,16 +32,7 @@ let cert = '';
 const started: AnyServer[] = [];
 
 beforeAll(async () => {
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    algorithm: 'sha256',
-    extensions: [
-      { name: 'basicConstraints', cA: false },
-      { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
-    ],
-  });
-  key = pems.private;
-  cert = pems.cert;
+  ({ key, cert } = await localhostCertificate());
 });
 
 afterEach(async () => {

@@ -11,7 +11,6 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { generate } from 'selfsigned';
 import {
   HttpNotificationError,
   NOTIFICATION_USER_AGENT,
@@ -20,6 +19,7 @@ import {
 } from '../../lib/reply/http-notification';
 import type { ReplyResult, ReplyUpload } from '../../lib/reply/types';
 import { type AnyServer, closeServer, freePort, listen, sleep } from '../helpers/net-utils';
+import { localhostCertificate } from '../helpers/self-signed';
 
 /** One request the application server received. */
 interface Seen {
@@ -737,16 +737,7 @@ describe('HTTPS', () => {
   let cert = '';
 
   beforeAll(async () => {
-    const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-      keyType: 'ec',
-      algorithm: 'sha256',
-      extensions: [
-        { name: 'basicConstraints', cA: false },
-        { name: 'subjectAltName', altNames: [{ type: 2, value: 'localhost' }, { type: 7, ip: '127.0.0.1' }] },
-      ],
-    });
-    key = pems.private;
-    cert = pems.cert;
+    ({ key, cert } = await localhostCertificate());
   });
 
   test('a target with a self-signed certificate works when `ca` trusts it, in both modes', async () => {
