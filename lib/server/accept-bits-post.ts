@@ -91,8 +91,9 @@ const REQUEST_TIMEOUT_RESPONSE = Buffer.from('HTTP/1.1 408 Request Timeout\r\nCo
  * Makes an existing `http.Server` or `https.Server` accept the `BITS_POST` verb and returns it.
  *
  * Node's parser rejects `BITS_POST` with a 400 before any JavaScript runs (bits-protocol.md §0.1).
- * This moves each HTTP/1 connection onto Node's JavaScript data path and passes its bytes through a
- * strict framing tracker that rewrites only `BITS_POST` request lines (to `POST` plus a private,
+ * This moves each HTTP/1 connection onto Node's JavaScript data path (plain TCP connections read
+ * into one shared buffer, see `shared-read-buffer.ts`) and passes its bytes through a strict
+ * framing tracker that rewrites only `BITS_POST` request lines (to `POST` plus a private,
  * unforgeable marker header); a hook restores `req.method = 'BITS_POST'` before any listener runs.
  * Does nothing to connections if the running Node parses `BITS_POST` natively.
  *
@@ -231,7 +232,8 @@ function onConnection(server: AnyServer, socket: InternalSocket, state: ServerSt
   const { options, stats } = state;
   if (options.filter !== undefined && !options.filter(socket)) return;
   const handle = socket._handle;
-  // Keep Node's parser off the native consume fast path so that bytes reach it through push().
+  // Keep Node's parser off the native consume fast path so that bytes reach it through push(),
+  // read into the shared buffer where the connection allows it (readIntoSharedBuffer below).
   if (handle) handle._consumed = true;
   stats.trackedConnections++;
   const firstRequestOnly = options.connections === 'first-request';
