@@ -83,7 +83,10 @@ interface StoredRecord extends SessionRecord {
 /** A parsed record.json and the identity of the file it was read from (see {@link stampOf}). */
 interface CachedRecord {
   readonly record: StoredRecord;
+  /** The version of record.json it was read from or written as (see {@link stampOf}). */
   readonly stamp: string;
+  /** That file's identity and size, to recognise an append as the only change since. */
+  readonly stats: BigIntStats;
 }
 
 /** The data file of a session in progress, kept open between its fragments. */
@@ -110,16 +113,23 @@ class FutureRecordError extends Error {
 
 const RECORD_FILE = 'record.json';
 const RECORD_TEMP = 'record.json.tmp';
+/**
+ * record.json holds one line per version of the record, the last complete one counting: updates
+ * are appended (see `#writeRecord`). Once it grows past this many bytes (about thirty versions;
+ * a session normally has seven) it is replaced by a file of one line.
+ */
+const RECORD_COMPACT_BYTES = 16 * 1024;
 const DATA_FILE = 'data';
 /** The stored reply of an upload-reply session (bits-protocol.md §10), replaced atomically. */
 const REPLY_FILE = 'reply';
 /** A reply being written: `reply.<random hex>.tmp`, renamed to {@link REPLY_FILE} once complete. */
 const REPLY_TEMP = /^reply\.[0-9a-f]+\.tmp$/;
 /**
- * Format version of record.json. `sha256`, `delivered` and `reply` were added to version 1 as
- * optional fields: records written before them load as undefined, false and undefined, and older
- * releases, which ignore unknown fields, still read the records written now. A record with a higher
- * version is left alone. Since record.json stopped being rewritten per fragment, its
+ * Format version of a record (a line of record.json). `sha256`, `delivered` and `reply` were added
+ * to version 1 as optional fields: records written before them load as undefined, false and
+ * undefined. A record with a higher version is left alone. record.json files of one line (all that
+ * releases before the appended updates wrote) read as before; a file of several lines is one such
+ * release cannot read, which is why this happened before any release was published. Since record.json stopped being rewritten per fragment, its
  * `receivedLength` of a session in progress is the length when the record was last written (the
  * data file has the rest); an older release reading it would cut the data back to it and have the
  * client resend the rest (§6.3), never lose or invent a byte.
@@ -222,7 +232,8 @@ export class FileSystemStorage implements StorageAdapter {
       data = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS | fsConstants.O_EXCL);
       // The data file's time counts as progress (see the class comment): it starts at the record's.
       await setTime(data, record.updatedAt);
-      await this.#writeRecord(dir, record);
+      // Created whole by rename: a crash leaves no record or this one, never a torn first line.
+      await this.#replaceRecord(dir, record);
     } catch (error) {
       await data?.close().catch(() => undefined);
       // A folder without a record is invisible to listSessions and would never expire.
@@ -932,36 +943,72 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /**
-   * Parses record.json, or takes the record parsed before when the file is the same one: same
-   * inode, size, modification and change time (see {@link stampOf}). A stat costs a fraction of a
-   * read, and record.json is replaced only by rename, so another process's update is a new file.
+   * Parses record.json (its last complete line, see {@link RECORD_COMPACT_BYTES}), or takes the
+   * record parsed before when the file is unchanged: same inode, size, modification and change time
+   * (see {@link stampOf}). A stat costs a fraction of a read, and every update of the file, by any
+   * process, changes its size or replaces it.
    */
   async #readRecordFile(dir: string): Promise<StoredRecord> {
     const file = path.join(dir, RECORD_FILE);
-    const stamp = stampOf(await fs.stat(file, { bigint: true }));
+    const stats = await fs.stat(file, { bigint: true });
     const cached = this.#records.get(dir);
-    if (cached?.stamp === stamp) {
+    if (cached?.stamp === stampOf(stats)) {
       this.#records.delete(dir);
       this.#records.set(dir, cached);
       return cached.record;
     }
     // Read after the stat: the content is at least as new as the stamp it is kept under.
-    const record = parseRecord(await fs.readFile(file, 'utf8'), dir);
-    this.#rememberRecord(dir, record, stamp);
+    const record = parseRecord(lastCompleteLine(await fs.readFile(file, 'utf8')), dir);
+    this.#rememberRecord(dir, record, stats);
     return record;
   }
 
-  #rememberRecord(dir: string, record: StoredRecord, stamp: string): void {
+  #rememberRecord(dir: string, record: StoredRecord, stats: BigIntStats): void {
     this.#records.delete(dir);
-    this.#records.set(dir, { record, stamp });
+    this.#records.set(dir, { record, stamp: stampOf(stats), stats });
     for (const oldest of this.#records.keys()) {
       if (this.#records.size <= MAX_CACHED_RECORDS) break;
       this.#records.delete(oldest);
     }
   }
 
-  /** write temp + fsync + rename + fsync folder: a crash leaves the old record or the new one. */
+  /**
+   * Records a session's new state: appended to record.json as one more line and flushed, so a crash
+   * leaves the old last line or the new one (a torn line is never taken, see
+   * {@link lastCompleteLine}). Replacing the file instead (write a temporary file, flush, rename,
+   * flush the folder) creates and frees a file per update, which made up most of a session's
+   * kernel time on the development VM. The first record, and a file that grew past
+   * {@link RECORD_COMPACT_BYTES}, are written by replacement.
+   */
   async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
+    const file = path.join(dir, RECORD_FILE);
+    const before = this.#records.get(dir)?.stats;
+    this.#records.delete(dir);
+    const line = `\n${serializeRecord(record)}`;
+    // Without O_CREAT: a session whose record is gone is not brought back by an update.
+    const handle = await fs.open(file, fsConstants.O_WRONLY | fsConstants.O_APPEND);
+    let stats: BigIntStats;
+    try {
+      // The leading newline ends a line that a failed append left without one.
+      await handle.writeFile(line);
+      if (this.#options.fsync !== 'never') await handle.datasync();
+      stats = await handle.stat({ bigint: true });
+    } finally {
+      await handle.close();
+    }
+    if (stats.size > RECORD_COMPACT_BYTES) {
+      await this.#replaceRecord(dir, record);
+      return;
+    }
+    // Kept for the next read when this append is the file's only change since the version known before.
+    const appended = BigInt(Buffer.byteLength(line));
+    if (before !== undefined && before.dev === stats.dev && before.ino === stats.ino && before.size + appended === stats.size) {
+      this.#rememberRecord(dir, record, stats);
+    }
+  }
+
+  /** write temp + fsync + rename + fsync folder: a crash leaves the old file or the new one. */
+  async #replaceRecord(dir: string, record: StoredRecord): Promise<void> {
     const temp = path.join(dir, RECORD_TEMP);
     const file = path.join(dir, RECORD_FILE);
     const handle = await fs.open(temp, 'w');
@@ -978,7 +1025,7 @@ export class FileSystemStorage implements StorageAdapter {
     await this.#syncDirectory(dir);
     // Kept for the next read, under the stamp the file has now, if the file is still this one.
     const stats = await fs.stat(file, { bigint: true }).catch(() => undefined);
-    if (stats !== undefined && stats.ino === written) this.#rememberRecord(dir, record, stampOf(stats));
+    if (stats !== undefined && stats.ino === written) this.#rememberRecord(dir, record, stats);
   }
 
   /** The open data file of the session in `dir`, marked busy; undefined when none is open. */
@@ -1520,6 +1567,31 @@ function serializeRecord(record: StoredRecord): string {
     reply: record.reply ?? null,
     ...(record.committing === true && { committing: true, commitOverwrite: record.commitOverwrite === true }),
   })}\n`;
+}
+
+/**
+ * The record line of a record.json: its last line that is complete JSON. Lines an append left torn
+ * by a crash or a full disk (cut short, or zeros where the file system had not written yet) are
+ * skipped; a file without any such line is returned whole for `parseRecord` to refuse.
+ */
+function lastCompleteLine(text: string): string {
+  let end = text.length;
+  while (end > 0) {
+    const start = text.lastIndexOf('\n', end - 1) + 1;
+    const line = text.slice(start, end);
+    if (line.trim() !== '' && isJson(line)) return line;
+    end = start - 1;
+  }
+  return text;
+}
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function parseRecord(text: string, dir: string): StoredRecord {

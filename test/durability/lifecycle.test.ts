@@ -43,6 +43,7 @@ import {
   type RunningServer,
   type Sandbox,
 } from '../http/support';
+import { readStoredRecord } from '../helpers/record-file';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -426,7 +427,7 @@ describe('start-up reconciliation', () => {
       await running?.server.close();
       running = undefined;
     }
-    const goodRecord = JSON.parse(await fsp.readFile(path.join(sessions, good, 'record.json'), 'utf8')) as Record<string, unknown>;
+    const goodRecord = await readStoredRecord(path.join(sessions, good, 'record.json'));
 
     // A crash tail: the client's next bytes, written before a crash and never acknowledged. The data
     // file is the durable offset, so they count: the client is told and sends from after them.

@@ -10,6 +10,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { FileSystemStorage, runStorageAdapterConformance } from '../../lib/storage';
 import type { Destination, FileSystemStorageOptions, NewSession, SessionRecord, StoredReply } from '../../lib/storage';
 import { sessionFolderName } from '../../lib/storage/filesystem';
+import { readStoredRecord } from '../helpers/record-file';
 
 async function readOrUndefined(file: string): Promise<Buffer | undefined> {
   try {
@@ -139,7 +140,7 @@ describe('FileSystemStorage', () => {
     it('keeps each session as a record and a data file in a hidden folder under the root', async () => {
       const record = await started(['report.bin'], Buffer.from('hello'));
       expect(sessionFolderName(record.id)).toBe(record.id);
-      const stored = JSON.parse(await fs.readFile(path.join(sessionDir(record.id), 'record.json'), 'utf8')) as Record<string, unknown>;
+      const stored = await readStoredRecord(path.join(sessionDir(record.id), 'record.json'));
       // Fragments write only the data file: its length is the received length, the record keeps
       // the length of when it was last written (here: when the total was set).
       expect(stored).toMatchObject({ id: record.id, receivedLength: 0, totalLength: 5, state: 'receiving', principal: null });
@@ -151,7 +152,7 @@ describe('FileSystemStorage', () => {
       await expect(fs.stat(dataFile(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
 
       await storage.endSession(record.id, 'closed', 42);
-      const tombstone = JSON.parse(await fs.readFile(path.join(sessionDir(record.id), 'record.json'), 'utf8')) as Record<string, unknown>;
+      const tombstone = await readStoredRecord(path.join(sessionDir(record.id), 'record.json'));
       expect(tombstone).toMatchObject({ state: 'closed', updatedAt: 42 });
 
       await storage.deleteSession(record.id);
@@ -492,7 +493,7 @@ describe('FileSystemStorage', () => {
     it('finishes a commit that crashed after moving the data', async () => {
       const record = await started(['moved.bin'], Buffer.from('content'));
       const recordFile = path.join(sessionDir(record.id), 'record.json');
-      const stored = JSON.parse(await fs.readFile(recordFile, 'utf8')) as Record<string, unknown>;
+      const stored = await readStoredRecord(recordFile);
       await fs.writeFile(recordFile, JSON.stringify({ ...stored, committing: true }));
       await fs.rename(dataFile(record.id), path.join(root, 'moved.bin'));
 
@@ -518,7 +519,7 @@ describe('FileSystemStorage', () => {
 
   /** Reads record.json as stored. */
   async function storedRecord(id: string): Promise<Record<string, unknown>> {
-    return JSON.parse(await fs.readFile(path.join(sessionDir(id), 'record.json'), 'utf8')) as Record<string, unknown>;
+    return readStoredRecord(path.join(sessionDir(id), 'record.json'));
   }
 
   /** Rewrites record.json the way another release or a crash left it. */
@@ -533,6 +534,66 @@ describe('FileSystemStorage', () => {
   }
 
   describe('record format', () => {
+    /** The non-empty lines of a session's record.json. */
+    async function recordLines(id: string): Promise<string[]> {
+      return (await fs.readFile(path.join(sessionDir(id), 'record.json'), 'utf8')).split('\n').filter((line) => line.trim() !== '');
+    }
+
+    it('appends each update as a line and reads the last one, also in another instance', async () => {
+      const record = await started(['lines.bin'], Buffer.from('abc'));
+      // The first record is written whole; the total set by the first fragment is appended.
+      expect(await recordLines(record.id)).toHaveLength(2);
+      await storage.updateSession(record.id, { sha256: 'a'.repeat(64) });
+      await storage.updateSession(record.id, { delivered: true });
+      expect(await recordLines(record.id)).toHaveLength(4);
+      const expected = { id: record.id, totalLength: 3, receivedLength: 3, sha256: 'a'.repeat(64), delivered: true };
+      await expect(storage.getSession(record.id)).resolves.toMatchObject(expected);
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject(expected);
+    });
+
+    it.each([
+      ['cut short', (line: string) => line.slice(0, line.length / 2)],
+      ['zeros where the file system had not written yet', (line: string) => '\0'.repeat(line.length)],
+      ['cut short without its newline', (line: string) => line.slice(0, -3)],
+    ])('ignores a last line a crash left %s, and a later update wins over it', async (_name, tear) => {
+      const record = await started(['torn.bin'], Buffer.from('abc'));
+      const file = path.join(sessionDir(record.id), 'record.json');
+      const torn = tear(`${JSON.stringify({ ...(await storedRecord(record.id)), delivered: true })}\n`);
+      await fs.appendFile(file, torn);
+      const restarted = new FileSystemStorage({ directory: root });
+      await expect(restarted.getSession(record.id)).resolves.toMatchObject({ delivered: false, totalLength: 3 });
+      await expect(restarted.recover()).resolves.toEqual({ orphansRemoved: 0, recordsRepaired: 0, commitsFinished: 0 });
+      await restarted.updateSession(record.id, { sha256: 'b'.repeat(64) });
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject({
+        sha256: 'b'.repeat(64),
+        delivered: false,
+      });
+    });
+
+    it('replaces a record.json grown past 16 KiB by one line', async () => {
+      const record = await started(['many.bin'], Buffer.from('abc'));
+      for (let i = 1; i <= 60; i++) await storage.updateSession(record.id, { updatedAt: record.updatedAt + i });
+      const lines = await recordLines(record.id);
+      expect(lines.length).toBeLessThan(45);
+      expect((await fs.stat(path.join(sessionDir(record.id), 'record.json'))).size).toBeLessThanOrEqual(16 * 1024 + 1024);
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject({ updatedAt: record.updatedAt + 60 });
+      expect(await fs.readdir(sessionDir(record.id))).not.toContain('record.json.tmp');
+    });
+
+    it('does not bring back a session whose record was removed', async () => {
+      const record = await started(['gone.bin'], Buffer.from('abc'));
+      await fs.rm(sessionDir(record.id), { recursive: true });
+      await expect(storage.updateSession(record.id, { delivered: true })).rejects.toBeDefined();
+      await expect(fs.stat(sessionDir(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('sees an update another instance appended, not its own cached record', async () => {
+      const record = await started(['shared.bin'], Buffer.from('abc'));
+      await storage.getSession(record.id);
+      await new FileSystemStorage({ directory: root }).updateSession(record.id, { sha256: 'c'.repeat(64) });
+      await expect(storage.getSession(record.id)).resolves.toMatchObject({ sha256: 'c'.repeat(64) });
+    });
+
     it('stores the SHA-256 and the delivered flag in record.json, still as version 1', async () => {
       const record = await started(['hashed.bin'], Buffer.from('abc'));
       expect(await storedRecord(record.id)).toMatchObject({ version: 1, sha256: null, delivered: false });
