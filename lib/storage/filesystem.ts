@@ -127,9 +127,10 @@ const REPLY_TEMP = /^reply\.[0-9a-f]+\.tmp$/;
 /**
  * Format version of a record (a line of record.json). `sha256`, `delivered` and `reply` were added
  * to version 1 as optional fields: records written before them load as undefined, false and
- * undefined. A record with a higher version is left alone. record.json files of one line (all that
- * releases before the appended updates wrote) read as before; a file of several lines is one such
- * release cannot read, which is why this happened before any release was published. Since record.json stopped being rewritten per fragment, its
+ * undefined. A record with a higher version is left alone. record.json files of one line, all that
+ * versions before the appended updates wrote, read as before; those versions cannot read a file of
+ * several lines (no release had been published when that changed). Since record.json stopped being
+ * rewritten per fragment, its
  * `receivedLength` of a session in progress is the length when the record was last written (the
  * data file has the rest); an older release reading it would cut the data back to it and have the
  * client resend the rest (§6.3), never lose or invent a byte.
@@ -169,7 +170,8 @@ const PLAIN_FOLDER_NAME = /^[A-Za-z0-9_{}-]{1,200}$/;
 
 /**
  * Stores uploads on a local (or any POSIX-like) file system. Each session is a folder
- * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (replaced atomically), `data`
+ * `<directory>/<sessionDirectory>/<id>/` holding `record.json` (one appended line per update, see
+ * {@link RECORD_COMPACT_BYTES}), `data`
  * (the received bytes, written in place) and, for upload-reply sessions, `reply` (replaced
  * atomically). Commit renames or hard-links `data` to the destination, so readers see the old file
  * or the whole new one (bits-protocol.md §5.5). A session marked `complete` without a commit (an
@@ -181,7 +183,7 @@ const PLAIN_FOLDER_NAME = /^[A-Za-z0-9_{}-]{1,200}$/;
  *   the body's bytes in order at R, so every byte in the file is the client's byte at that offset,
  *   acknowledged or not: after a crash the file is right by construction, and bytes written but
  *   never acknowledged simply count (the next Ack tells the client, §6.3). record.json keeps
- *   everything else and is rewritten only when something other than the length changes.
+ *   everything else and is updated only when something other than the length changes.
  * - its last progress (`updatedAt`, §5.4 expiry) is the later of the record's and the data file's
  *   modification time. Every write moves that time; the adapter also sets it to `Date.now()` after
  *   a fragment when it last did so a second ago or more (the kernel's clock for file times can lag
