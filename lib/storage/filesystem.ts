@@ -960,7 +960,7 @@ export class FileSystemStorage implements StorageAdapter {
       return cached.record;
     }
     // Read after the stat: the content is at least as new as the stamp it is kept under.
-    const record = parseRecord(lastCompleteLine(await fs.readFile(file, 'utf8')), dir);
+    const record = parseRecord(await fs.readFile(file, 'utf8'), dir);
     this.#rememberRecord(dir, record, stats);
     return record;
   }
@@ -977,7 +977,7 @@ export class FileSystemStorage implements StorageAdapter {
   /**
    * Records a session's new state: appended to record.json as one more line and flushed, so a crash
    * leaves the old last line or the new one (a torn line is never taken, see
-   * {@link lastCompleteLine}). Replacing the file instead (write a temporary file, flush, rename,
+   * {@link lastJsonLine}). Replacing the file instead (write a temporary file, flush, rename,
    * flush the folder) creates and frees a file per update, which made up most of a session's
    * kernel time on the development VM. The first record, and a file that grew past
    * {@link RECORD_COMPACT_BYTES}, are written by replacement.
@@ -1572,40 +1572,34 @@ function serializeRecord(record: StoredRecord): string {
 }
 
 /**
- * The record line of a record.json: its last line that is complete JSON. Lines an append left torn
- * by a crash or a full disk (cut short, or zeros where the file system had not written yet) are
- * skipped; a file without any such line is returned whole for `parseRecord` to refuse.
+ * The value of the last line of a record.json that is complete JSON, or undefined when no line is.
+ * Lines an append left torn by a crash or a full disk (cut short, or zeros where the file system
+ * had not written yet) are skipped.
  */
-function lastCompleteLine(text: string): string {
+function lastJsonLine(text: string): unknown {
   let end = text.length;
   while (end > 0) {
     const start = text.lastIndexOf('\n', end - 1) + 1;
     const line = text.slice(start, end);
-    if (line.trim() !== '' && isJson(line)) return line;
+    if (line.trim() !== '') {
+      try {
+        return JSON.parse(line) as unknown;
+      } catch {
+        // Torn: the line before it holds the record.
+      }
+    }
     end = start - 1;
   }
-  return text;
+  return undefined;
 }
 
-function isJson(text: string): boolean {
-  try {
-    JSON.parse(text);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
+/** The record a record.json holds: its last complete line (see {@link lastJsonLine}), validated. */
 function parseRecord(text: string, dir: string): StoredRecord {
   const fail = (field: string): never => {
     throw new CorruptRecordError(`Corrupt session record in ${dir}: bad ${field}`);
   };
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return fail('JSON');
-  }
+  const value = lastJsonLine(text);
+  if (value === undefined) return fail('JSON');
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return fail('document');
   const v = value as Record<string, unknown>;
   const version = v['version'];
