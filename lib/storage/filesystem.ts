@@ -275,8 +275,7 @@ export class FileSystemStorage implements StorageAdapter {
     if (record.state === 'receiving' && updated.state === 'complete') {
       // Complete without a commit (an upload-reply endpoint, §10.1): the data stays here and is now
       // the upload, so it gets what a commit would give it before the record says so.
-      await this.#closeDataFile(dir);
-      await this.#settleData(dir, record.receivedLength);
+      await this.#withDataFileTakenOut(dir, (kept) => this.#settleData(dir, record.receivedLength, kept));
     } else if (updated.state === 'receiving' && changes.updatedAt !== undefined && data !== undefined) {
       // The data file's time counts as progress too: set it to the time given, which may be earlier.
       await setTime(path.join(dir, DATA_FILE), changes.updatedAt);
@@ -378,7 +377,10 @@ export class FileSystemStorage implements StorageAdapter {
   async commit(id: string, options: CommitOptions): Promise<void> {
     await this.#init();
     // The data file is about to move: nothing may keep writing through an open handle.
-    await this.#closeDataFile(this.#sessionPath(id));
+    await this.#withDataFileTakenOut(this.#sessionPath(id), (kept) => this.#commit(id, options, kept));
+  }
+
+  async #commit(id: string, options: CommitOptions, kept: FileHandle | undefined): Promise<void> {
     const { record, dir, data } = await this.#requireRecord(id);
     if (record.state !== 'receiving' && record.state !== 'complete') {
       throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
@@ -406,23 +408,18 @@ export class FileSystemStorage implements StorageAdapter {
       throw new Error(`Session ${id} holds ${data.size} of its ${record.receivedLength} bytes; it cannot be committed`);
     }
 
-    const handle = await fs.open(dataPath, 'r+');
-    try {
-      // Bytes beyond the total (or the length a complete session recorded) are not the upload's.
-      if (data.size > record.receivedLength) await handle.truncate(record.receivedLength);
-      if (this.#options.fsync !== 'never') await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await this.#settleData(dir, record.receivedLength, kept);
 
     const existing = await kindOf(target);
     if (existing === 'directory') throw new DestinationIsDirectoryError(record.destination);
     if (existing === 'file' && !options.overwrite && !(await sameFile(dataPath, target))) {
       throw new DestinationExistsError(record.destination);
     }
-    await fs.mkdir(path.dirname(target), { recursive: true });
-    // mkdir may have created folders through a link planted meanwhile; check again before moving.
-    await this.#destinationPath(record.destination);
+    if (record.destination.length > 1) {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      // mkdir may have created folders through a link planted meanwhile; check again before moving.
+      await this.#destinationPath(record.destination);
+    }
     if (!record.committing || record.commitOverwrite !== options.overwrite) {
       await this.#writeRecord(dir, { ...record, committing: true, commitOverwrite: options.overwrite });
     }
@@ -442,9 +439,10 @@ export class FileSystemStorage implements StorageAdapter {
   async endSession(id: string, state: 'closed' | 'cancelled', now: number): Promise<void> {
     await this.#init();
     await this.#closeDataFile(this.#sessionPath(id));
-    const { record, dir } = await this.#requireRecord(id);
+    const { record, dir, data } = await this.#requireRecord(id);
     // Only the temporary data goes; a committed destination is no longer in the session folder.
-    await fs.rm(path.join(dir, DATA_FILE), { force: true });
+    // Nothing creates the data file of a session that no longer receives, so one seen gone stays gone.
+    if (data !== undefined || record.state === 'receiving') await fs.rm(path.join(dir, DATA_FILE), { force: true });
     await this.#removeReplyFiles(dir);
     await this.#writeRecord(dir, withoutCommitMarker({ ...record, state, updatedAt: now }));
     debug('session %s %s', id, state);
@@ -827,8 +825,20 @@ export class FileSystemStorage implements StorageAdapter {
     }
   }
 
-  /** Cuts the data file to `length` (dropping bytes beyond the total) and flushes it, as a commit does. */
-  async #settleData(dir: string, length: number): Promise<void> {
+  /**
+   * Cuts the data file to `length` (bytes beyond the total, or beyond what a complete session
+   * recorded, are not the upload's) and flushes it before it becomes the upload, through `kept` (the
+   * file kept open for the fragments, left open) or a file opened here. `fdatasync` suffices: the
+   * upload needs its bytes and length, not its times. Under `fsync: 'fragment'` every fragment was
+   * flushed already, so it finds nothing left to write.
+   */
+  async #settleData(dir: string, length: number, kept?: FileHandle): Promise<void> {
+    const keptStats = await kept?.stat();
+    // A kept file that another process removed meanwhile is not the session's data any more.
+    if (kept !== undefined && keptStats !== undefined && keptStats.nlink > 0) {
+      await this.#cutAndFlush(kept, keptStats.size, length);
+      return;
+    }
     let handle: FileHandle;
     try {
       handle = await fs.open(path.join(dir, DATA_FILE), 'r+');
@@ -837,11 +847,15 @@ export class FileSystemStorage implements StorageAdapter {
       throw error;
     }
     try {
-      if ((await handle.stat()).size > length) await handle.truncate(length);
-      if (this.#options.fsync !== 'never') await handle.sync();
+      await this.#cutAndFlush(handle, (await handle.stat()).size, length);
     } finally {
       await handle.close();
     }
+  }
+
+  async #cutAndFlush(handle: FileHandle, size: number, length: number): Promise<void> {
+    if (size > length) await handle.truncate(length);
+    if (this.#options.fsync !== 'never') await handle.datasync();
   }
 
   /** Removes the stored reply and any half-written one. */
@@ -895,8 +909,10 @@ export class FileSystemStorage implements StorageAdapter {
     const target = path.join(root, ...destination);
     if (!isInside(root, target)) refuse('it leaves the storage root');
 
-    // Links: the deepest folder that exists must really be inside the root, and not in the sessions.
     const { realRoot, realSessions } = await this.#init();
+    // A file directly in the root has no folder on the way; the root itself was resolved by #init.
+    if (destination.length === 1) return target;
+    // Links: the deepest folder that exists must really be inside the root, and not in the sessions.
     const real = await realpathOfDeepestExisting(path.dirname(target), root);
     if (real === undefined) return refuse('a link on the way leads nowhere');
     if (!isInside(realRoot, real) && real !== realRoot) refuse('a link leads outside the storage root');
@@ -1067,6 +1083,25 @@ export class FileSystemStorage implements StorageAdapter {
     const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
     if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
     await this.#releaseDataFile(dir, file, this.#options.maxOpenFiles > 0);
+  }
+
+  /**
+   * Runs `use` with the data file of the session in `dir` taken out of the cache, so that nothing
+   * writes through it any more, and closes it afterwards. `use` gets its handle (to flush through
+   * it instead of opening the file again), or undefined when none is open or a fragment still uses
+   * it (that one is closed when the fragment is done).
+   */
+  async #withDataFileTakenOut<T>(dir: string, use: (kept: FileHandle | undefined) => Promise<T>): Promise<T> {
+    const file = this.#dataFiles.get(dir);
+    this.#dataFiles.delete(dir);
+    if (file?.busy === true) file.closeWhenDone = true;
+    const kept = file?.busy === false ? file.handle : undefined;
+    try {
+      return await use(kept);
+    } finally {
+      if (kept !== undefined) await closeQuietly(kept);
+      if (file !== undefined) await this.#trimDataFiles();
+    }
   }
 
   /** Closes the data file of the session in `dir` if it is open (once its fragment is done, if one is running). */

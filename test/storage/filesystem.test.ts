@@ -414,6 +414,16 @@ describe('FileSystemStorage', () => {
       await expect(storage.getSession(record.id)).resolves.toMatchObject({ state: 'cancelled' });
     });
 
+    it('commits the data file under its name when the one this instance kept open was replaced meanwhile', async () => {
+      const record = await started(['replaced.bin'], bytes(2000, 1));
+      // Whatever replaced it (another instance, an operator restoring a copy), the name is what commit publishes.
+      const replacement = Buffer.concat([bytes(2000, 2), Buffer.from('beyond the total')]);
+      await fs.writeFile(`${dataFile(record.id)}.new`, replacement);
+      await fs.rename(`${dataFile(record.id)}.new`, dataFile(record.id));
+      await storage.commit(record.id, { overwrite: false });
+      expect((await fs.readFile(path.join(root, 'replaced.bin'))).equals(bytes(2000, 2))).toBe(true);
+    });
+
     it('sees every record change the other made, however quickly they follow each other', async () => {
       const record = await started(['changes.bin']);
       await expect(storage.getSession(record.id)).resolves.toMatchObject({ totalLength: undefined });
@@ -1436,6 +1446,33 @@ describe('FileSystemStorage', () => {
       await lazy.updateSession(other.id, { totalLength: 3000 });
       [datasyncs, syncs] = [0, 0];
       for (let offset = 0; offset < 3000; offset += 1000) await lazy.writeFragment(other.id, offset, body(bytes(1000)));
+      expect({ datasyncs, syncs }).toEqual({ datasyncs: 0, syncs: 0 });
+      await lazy.close();
+    });
+
+    it('commits with one fdatasync of the data file and one fsync of the destination folder', async () => {
+      let datasyncs = 0;
+      let syncs = 0;
+      proto.datasync = function (this: FileHandle) {
+        datasyncs += 1;
+        return realDatasync.call(this);
+      };
+      proto.sync = function (this: FileHandle) {
+        syncs += 1;
+        return realSync.call(this);
+      };
+      const record = await started(['commit-flushes.bin'], bytes(3000));
+      [datasyncs, syncs] = [0, 0];
+      await storage.commit(record.id, { overwrite: false });
+      // The data file (already flushed fragment by fragment), the commit marker and the final state.
+      expect({ datasyncs, syncs }).toEqual({ datasyncs: 3, syncs: 1 });
+
+      const lazy = new FileSystemStorage({ directory: root, fsync: 'never' });
+      const other = await lazy.createSession(newSession(['never-flushed.bin']));
+      await lazy.updateSession(other.id, { totalLength: 3000 });
+      await lazy.writeFragment(other.id, 0, body(bytes(3000)));
+      [datasyncs, syncs] = [0, 0];
+      await lazy.commit(other.id, { overwrite: false });
       expect({ datasyncs, syncs }).toEqual({ datasyncs: 0, syncs: 0 });
       await lazy.close();
     });
