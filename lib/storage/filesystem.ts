@@ -25,6 +25,7 @@ import type {
   StorageAdapter,
   StoredReply,
 } from './adapter';
+import { DirectorySync } from './directory-sync';
 
 const debug = createDebug('bits-upload:storage:fs');
 
@@ -201,6 +202,7 @@ export class FileSystemStorage implements StorageAdapter {
   readonly #records = new Map<string, CachedRecord>();
   /** Open data files by session folder, least recently used first. */
   readonly #dataFiles = new Map<string, OpenDataFile>();
+  readonly #directorySync = new DirectorySync();
   #idleTimer: NodeJS.Timeout | undefined;
 
   constructor(options: FileSystemStorageOptions) {
@@ -1159,18 +1161,9 @@ export class FileSystemStorage implements StorageAdapter {
     void this.#trimDataFiles();
   }
 
-  /** Makes a rename or new entry in `dir` durable. Not possible everywhere (Windows), hence best effort. */
+  /** Makes a rename or new entry in `dir` durable (best effort, see {@link DirectorySync}). */
   async #syncDirectory(dir: string): Promise<void> {
-    if (this.#options.fsync === 'never') return;
-    let handle: FileHandle | undefined;
-    try {
-      handle = await fs.open(dir, 'r');
-      await handle.sync();
-    } catch (error) {
-      debug('cannot fsync folder %s: %s', dir, errorText(error));
-    } finally {
-      await handle?.close();
-    }
+    if (this.#options.fsync !== 'never') await this.#directorySync.sync(dir);
   }
 
   /**
