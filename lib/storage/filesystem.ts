@@ -188,8 +188,8 @@ const PLAIN_FOLDER_NAME = /^[A-Za-z0-9_{}-]{1,200}$/;
  * - its last progress (`updatedAt`, §5.4 expiry) is the later of the record's and the data file's
  *   modification time. Every write moves that time; the adapter also sets it to `Date.now()` after
  *   a fragment when it last did so a second ago or more (the kernel's clock for file times can lag
- *   by a timer tick), and to the record's time whenever it writes one, so that an explicit
- *   `updatedAt` holds, also an earlier one.
+ *   by a timer tick), and back to the record's time when it writes an earlier one, so that an
+ *   explicit `updatedAt` holds.
  * Both are read from the file system, so another process or a restarted one sees the same values.
  * Data files of sessions in progress stay open between fragments (`maxOpenFiles`,
  * `openFileIdleTimeout`); {@link close} closes them.
@@ -279,8 +279,9 @@ export class FileSystemStorage implements StorageAdapter {
       // the upload, so it gets what a commit would give it before the record says so.
       await this.#withDataFileTakenOut(dir, (kept) => this.#settleData(dir, record.receivedLength, kept));
     } else if (updated.state === 'receiving' && changes.updatedAt !== undefined && data !== undefined) {
-      // The data file's time counts as progress too: set it to the time given, which may be earlier.
-      await setTime(path.join(dir, DATA_FILE), changes.updatedAt);
+      // The data file's time counts as progress too (see reconcile): moved back to the time given
+      // when that is earlier; a later one is what the record now says anyway.
+      if (changes.updatedAt < Math.round(data.mtimeMs)) await setTime(path.join(dir, DATA_FILE), changes.updatedAt);
       const open = this.#dataFiles.get(dir);
       if (open !== undefined) open.timeSet = changes.updatedAt;
     }

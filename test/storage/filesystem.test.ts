@@ -352,6 +352,13 @@ describe('FileSystemStorage', () => {
       const before = Date.now();
       await storage.writeFragment(record.id, 100, body(bytes(100)));
       expect((await storage.getSession(record.id))?.updatedAt).toBeGreaterThanOrEqual(before);
+
+      // A later time is the record's alone: the data file keeps the time of its last write.
+      const fileTime = (await fs.stat(dataFile(record.id))).mtimeMs;
+      const later = Date.now() + 60_000;
+      await storage.updateSession(record.id, { updatedAt: later });
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject({ updatedAt: later });
+      expect((await fs.stat(dataFile(record.id))).mtimeMs).toBe(fileTime);
     });
 
     it('counts bytes another process wrote without setting the time (the kernel sets it)', async () => {
