@@ -55,7 +55,9 @@ export interface FileSystemStorageOptions {
   /**
    * How many data files of sessions in progress stay open between their fragments, so that a
    * fragment does not pay for opening and closing its file. The least recently used beyond this are
-   * closed; 0 closes every file after its fragment. Defaults to 128.
+   * closed; 0 closes every file after its fragment. Each is one file descriptor. Keep it above the
+   * number of sessions that receive at once: clients that take turns over more sessions than this
+   * find their file closed at every fragment. Defaults to 1024.
    */
   readonly maxOpenFiles?: number;
   /** Milliseconds after which a data file no fragment used is closed. Defaults to 10 000. */
@@ -161,7 +163,7 @@ const MAX_CACHED_RECORDS = 1024;
  * kernel's clock (which can lag by a timer tick). Saves a thread-pool round trip per fragment.
  */
 const TIME_REFRESH_MS = 1000;
-const DEFAULT_MAX_OPEN_FILES = 128;
+const DEFAULT_MAX_OPEN_FILES = 1024;
 const DEFAULT_OPEN_FILE_IDLE_TIMEOUT = 10_000;
 const STATES: readonly SessionState[] = ['receiving', 'complete', 'closed', 'cancelled'];
 const FSYNC_POLICIES: readonly FsyncPolicy[] = ['fragment', 'commit', 'never'];

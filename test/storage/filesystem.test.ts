@@ -281,6 +281,13 @@ describe('FileSystemStorage', () => {
       expect((await fs.readFile(dataFile(first.id))).equals(Buffer.concat([bytes(1000), bytes(500, 7)]))).toBe(true);
     });
 
+    itLinux('keeps the files of 300 sessions taking turns open by default', async () => {
+      const sessions: SessionRecord[] = [];
+      for (let i = 0; i < 300; i++) sessions.push(await receiving(storage, `turn${i}.bin`, 10));
+      for (const session of sessions) await storage.writeFragment(session.id, 10, body(bytes(10)));
+      expect(await openDataFiles()).toHaveLength(300);
+    });
+
     itLinux('closes a file no fragment used for openFileIdleTimeout', async () => {
       const idle = storageWith({ openFileIdleTimeout: 40 });
       const record = await receiving(idle, 'idle.bin');
