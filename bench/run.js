@@ -1065,6 +1065,21 @@ function summariseProfiles(dir) {
   return out.join('\n');
 }
 
+/** This process and the ones that started it (`npm run bench`, its shell): not other work. */
+function ancestry() {
+  const pids = [];
+  for (let pid = process.pid; pid > 1 && pids.length < 64; ) {
+    pids.push(String(pid));
+    try {
+      // "pid (command) state ppid ...": the command may contain spaces and parentheses.
+      pid = Number(fs.readFileSync(`/proc/${pid}/stat`, 'latin1').replace(/^.*\) /s, '').split(' ')[1]);
+    } catch {
+      break;
+    }
+  }
+  return pids;
+}
+
 /** Other heavy work on the machine right now (benchmarks, test runs, builds), by command line. */
 function otherActivity() {
   const found = [];
@@ -1074,7 +1089,7 @@ function otherActivity() {
   } catch {
     return found;
   }
-  const ours = new Set([String(process.pid), ...[...children].map((c) => String(c.pid))]);
+  const ours = new Set([...ancestry(), ...[...children].map((c) => String(c.pid))]);
   for (const pid of pids) {
     if (ours.has(pid)) continue;
     let cmd;
