@@ -54,13 +54,14 @@ export interface FileSystemStorageOptions {
   readonly fsync?: FsyncPolicy;
   /**
    * How many data files of sessions in progress stay open between their fragments, so that a
-   * fragment does not pay for opening and closing its file. The least recently used beyond this are
-   * closed; 0 closes every file after its fragment. Each is one file descriptor. Keep it above the
-   * number of sessions that receive at once: clients that take turns over more sessions than this
-   * find their file closed at every fragment. Defaults to 1024.
+   * fragment does not pay for opening and closing its file, and as many records (record.json)
+   * between their updates. The least recently used beyond this are closed; 0 closes every file
+   * after its use. Each is one file descriptor. Keep it above the number of sessions that receive
+   * at once: clients that take turns over more sessions than this find their file closed at every
+   * fragment. Defaults to 1024.
    */
   readonly maxOpenFiles?: number;
-  /** Milliseconds after which a data file no fragment used is closed. Defaults to 10 000. */
+  /** Milliseconds after which a data file no fragment used, or a record no update used, is closed. Defaults to 10 000. */
   readonly openFileIdleTimeout?: number;
 }
 
@@ -92,15 +93,15 @@ interface CachedRecord {
   readonly stats: BigIntStats;
 }
 
-/** The data file of a session in progress, kept open between its fragments. */
-interface OpenDataFile {
+/** The data file of a session in progress, kept open between its fragments, or its record.json, kept open between its updates. */
+interface OpenFile {
   readonly handle: FileHandle;
-  /** A fragment is being written through it: it is closed only once that is done. */
+  /** A fragment or an update is being written through it: it is closed only once that is done. */
   busy: boolean;
-  /** Removed from the cache while busy: close it when the fragment is done. */
+  /** Removed from the cache while busy: close it when the write is done. */
   closeWhenDone: boolean;
   lastUsed: number;
-  /** The modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
+  /** Data files: the modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
   timeSet: number;
 }
 
@@ -203,7 +204,9 @@ export class FileSystemStorage implements StorageAdapter {
   /** Parsed records by session folder, least recently used first. */
   readonly #records = new Map<string, CachedRecord>();
   /** Open data files by session folder, least recently used first. */
-  readonly #dataFiles = new Map<string, OpenDataFile>();
+  readonly #dataFiles = new Map<string, OpenFile>();
+  /** record.json files open for appending, by session folder, least recently used first. */
+  readonly #recordFiles = new Map<string, OpenFile>();
   readonly #directorySync = new DirectorySync();
   #idleTimer: NodeJS.Timeout | undefined;
 
@@ -218,12 +221,15 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /**
-   * Closes the data files kept open between fragments (a file in use is closed when its fragment
-   * is done). The storage stays usable and opens files again as needed; call it when the server
-   * shuts down, or before unmounting the file system.
+   * Closes the data files kept open between fragments and the records kept open between updates
+   * (a file in use is closed when its write is done). The storage stays usable and opens files
+   * again as needed; call it when the server shuts down, or before unmounting the file system.
    */
   async close(): Promise<void> {
-    await Promise.all([...this.#dataFiles.keys()].map((dir) => this.#closeDataFile(dir)));
+    await Promise.all([
+      ...[...this.#dataFiles.keys()].map((dir) => this.#closeDataFile(dir)),
+      ...[...this.#recordFiles.keys()].map((dir) => this.#closeRecordFile(dir)),
+    ]);
   }
 
   async createSession(session: NewSession): Promise<SessionRecord> {
@@ -450,13 +456,15 @@ export class FileSystemStorage implements StorageAdapter {
     if (data !== undefined || record.state === 'receiving') await fs.rm(path.join(dir, DATA_FILE), { force: true });
     await this.#removeReplyFiles(dir);
     await this.#writeRecord(dir, withoutCommitMarker({ ...record, state, updatedAt: now }));
+    // The session takes no more updates, only its removal when it expires.
+    await this.#closeRecordFile(dir);
     debug('session %s %s', id, state);
   }
 
   async deleteSession(id: string): Promise<void> {
     await this.#init();
     const dir = this.#sessionPath(id);
-    await this.#closeDataFile(dir);
+    await Promise.all([this.#closeDataFile(dir), this.#closeRecordFile(dir)]);
     await fs.rm(dir, { recursive: true, force: true });
     this.#records.delete(dir);
     debug('session %s deleted', id);
@@ -1001,24 +1009,15 @@ export class FileSystemStorage implements StorageAdapter {
    * {@link lastJsonLine}). Replacing the file instead (write a temporary file, flush, rename,
    * flush the folder) creates and frees a file per update, which made up most of a session's
    * kernel time on the development VM. The first record, and a file that grew past
-   * {@link RECORD_COMPACT_BYTES}, are written by replacement.
+   * {@link RECORD_COMPACT_BYTES}, are written by replacement. The file stays open between
+   * updates, like the data file between fragments (see #appendRecord).
    */
   async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
-    const file = path.join(dir, RECORD_FILE);
     const before = this.#records.get(dir)?.stats;
     this.#records.delete(dir);
+    // The leading newline ends a line that a failed append left without one.
     const line = `\n${serializeRecord(record)}`;
-    // Without O_CREAT: a session whose record is gone is not brought back by an update.
-    const handle = await fs.open(file, fsConstants.O_WRONLY | fsConstants.O_APPEND);
-    let stats: BigIntStats;
-    try {
-      // The leading newline ends a line that a failed append left without one.
-      await handle.writeFile(line);
-      if (this.#options.fsync !== 'never') await handle.datasync();
-      stats = await handle.stat({ bigint: true });
-    } finally {
-      await handle.close();
-    }
+    const stats = await this.#appendRecord(dir, line);
     if (stats.size > RECORD_COMPACT_BYTES) {
       await this.#replaceRecord(dir, record);
       return;
@@ -1030,8 +1029,62 @@ export class FileSystemStorage implements StorageAdapter {
     }
   }
 
+  /**
+   * Appends `line` to record.json in `dir` and flushes it, through the file kept open since the
+   * session's last update when there is one, and returns the file's stats after the append. A
+   * kept file that was replaced or removed meanwhile (compacted or repaired by another process:
+   * no link left) took a line that nobody reads; the line is then appended to the file by its
+   * name. Without O_CREAT: a session whose record is gone is not brought back by an update.
+   */
+  async #appendRecord(dir: string, line: string): Promise<BigIntStats> {
+    const kept = this.#recordFiles.get(dir);
+    if (kept !== undefined && !kept.busy) {
+      kept.busy = true;
+      // Most recently used last.
+      this.#recordFiles.delete(dir);
+      this.#recordFiles.set(dir, kept);
+      let stats: BigIntStats | undefined;
+      try {
+        stats = await this.#appendThrough(kept.handle, line);
+      } finally {
+        kept.busy = false;
+        kept.lastUsed = Date.now();
+        if (stats === undefined || stats.nlink === 0n) await this.#dropFile(this.#recordFiles, dir, kept);
+        else if (kept.closeWhenDone) await closeQuietly(kept.handle);
+      }
+      if (stats.nlink > 0n) return stats;
+    }
+    const handle = await fs.open(path.join(dir, RECORD_FILE), fsConstants.O_WRONLY | fsConstants.O_APPEND);
+    let keep = false;
+    try {
+      const stats = await this.#appendThrough(handle, line);
+      keep = this.#options.maxOpenFiles > 0 && stats.nlink > 0n && !this.#recordFiles.has(dir);
+      if (keep) this.#recordFiles.set(dir, { handle, busy: false, closeWhenDone: false, lastUsed: Date.now(), timeSet: 0 });
+      return stats;
+    } finally {
+      if (keep) await this.#trimOpenFiles();
+      else await handle.close();
+    }
+  }
+
+  async #appendThrough(handle: FileHandle, line: string): Promise<BigIntStats> {
+    await handle.writeFile(line);
+    if (this.#options.fsync !== 'never') await handle.datasync();
+    return await handle.stat({ bigint: true });
+  }
+
+  /** Closes the record kept open for the session in `dir`, if any (once its update is done, if one is running). */
+  async #closeRecordFile(dir: string): Promise<void> {
+    const file = this.#recordFiles.get(dir);
+    if (file === undefined) return;
+    await this.#dropFile(this.#recordFiles, dir, file);
+    await this.#trimOpenFiles();
+  }
+
   /** write temp + fsync + rename + fsync folder: a crash leaves the old file or the new one. */
   async #replaceRecord(dir: string, record: StoredRecord): Promise<void> {
+    // The file kept open for appending is about to be replaced.
+    await this.#closeRecordFile(dir);
     const temp = path.join(dir, RECORD_TEMP);
     const file = path.join(dir, RECORD_FILE);
     const handle = await fs.open(temp, 'w');
@@ -1052,7 +1105,7 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** The open data file of the session in `dir`, marked busy; undefined when none is open. */
-  #takeDataFile(dir: string): OpenDataFile | undefined {
+  #takeDataFile(dir: string): OpenFile | undefined {
     const file = this.#dataFiles.get(dir);
     if (file === undefined || file.busy) return undefined;
     file.busy = true;
@@ -1063,29 +1116,29 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** Opens (creating if missing) the data file of the session in `dir` for writing, marked busy. */
-  async #openDataFile(dir: string): Promise<OpenDataFile> {
+  async #openDataFile(dir: string): Promise<OpenFile> {
     const handle = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS);
-    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
+    const file: OpenFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
     // The middleware never runs two calls of one session at once; should a file be open anyway,
     // this one replaces it in the cache and the other is closed once its user is done.
     const other = this.#dataFiles.get(dir);
-    if (other !== undefined) await this.#dropDataFile(dir, other);
+    if (other !== undefined) await this.#dropFile(this.#dataFiles, dir, other);
     if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
     else file.closeWhenDone = true;
     return file;
   }
 
   /** Ends a fragment's use of a data file: kept open for the next one, or closed. */
-  async #releaseDataFile(dir: string, file: OpenDataFile, keep: boolean): Promise<void> {
+  async #releaseDataFile(dir: string, file: OpenFile, keep: boolean): Promise<void> {
     file.busy = false;
     file.lastUsed = Date.now();
     if (!keep && this.#dataFiles.get(dir) === file) this.#dataFiles.delete(dir);
-    await Promise.all([!keep || file.closeWhenDone ? closeQuietly(file.handle) : undefined, this.#trimDataFiles()]);
+    await Promise.all([!keep || file.closeWhenDone ? closeQuietly(file.handle) : undefined, this.#trimOpenFiles()]);
   }
 
   /** Keeps a file just created, whose time was set to `timeSet`, open for the session's first fragment. */
   async #keepDataFile(dir: string, handle: FileHandle, timeSet: number): Promise<void> {
-    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
+    const file: OpenFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
     if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
     await this.#releaseDataFile(dir, file, this.#options.maxOpenFiles > 0);
   }
@@ -1105,7 +1158,7 @@ export class FileSystemStorage implements StorageAdapter {
       return await use(kept);
     } finally {
       if (kept !== undefined) await closeQuietly(kept);
-      if (file !== undefined) await this.#trimDataFiles();
+      if (file !== undefined) await this.#trimOpenFiles();
     }
   }
 
@@ -1119,49 +1172,51 @@ export class FileSystemStorage implements StorageAdapter {
       return;
     }
     await closeQuietly(file.handle);
-    await this.#trimDataFiles();
+    await this.#trimOpenFiles();
   }
 
-  /** Takes a file out of the cache and closes it, at once or, if in use, when its fragment is done. */
-  #dropDataFile(dir: string, file: OpenDataFile): Promise<void> | undefined {
-    if (this.#dataFiles.get(dir) === file) this.#dataFiles.delete(dir);
+  /** Takes a file out of its cache and closes it, at once or, if in use, when its write is done. */
+  #dropFile(files: Map<string, OpenFile>, dir: string, file: OpenFile): Promise<void> | undefined {
+    if (files.get(dir) === file) files.delete(dir);
     if (!file.busy) return closeQuietly(file.handle);
     file.closeWhenDone = true;
     return undefined;
   }
 
   /**
-   * Keeps at most `maxOpenFiles` data files open, closing the least recently used idle ones (files
-   * in use stay open, so under more concurrent sessions the cache may exceed it until they are
-   * done), and runs the idle timer while any file is open.
+   * Keeps at most `maxOpenFiles` data files and as many records open, closing the least recently
+   * used idle ones (files in use stay open, so under more concurrent sessions a cache may exceed it
+   * until they are done), and runs the idle timer while any file is open.
    */
-  async #trimDataFiles(): Promise<void> {
+  async #trimOpenFiles(): Promise<void> {
     const { maxOpenFiles, openFileIdleTimeout } = this.#options;
     const closing: (Promise<void> | undefined)[] = [];
-    if (this.#dataFiles.size > maxOpenFiles) {
-      for (const [dir, file] of this.#dataFiles) {
-        if (this.#dataFiles.size <= maxOpenFiles) break;
-        if (!file.busy) closing.push(this.#dropDataFile(dir, file));
+    for (const files of [this.#dataFiles, this.#recordFiles]) {
+      for (const [dir, file] of files) {
+        if (files.size <= maxOpenFiles) break;
+        if (!file.busy) closing.push(this.#dropFile(files, dir, file));
       }
     }
-    if (this.#dataFiles.size === 0) {
+    if (this.#dataFiles.size === 0 && this.#recordFiles.size === 0) {
       clearInterval(this.#idleTimer);
       this.#idleTimer = undefined;
     } else if (this.#idleTimer === undefined) {
       // Every half timeout, and at least once a minute (a timer cannot wait longer than 2^31 ms).
-      this.#idleTimer = setInterval(() => this.#closeIdleDataFiles(), Math.min(Math.max(10, openFileIdleTimeout / 2), 60_000));
+      this.#idleTimer = setInterval(() => this.#closeIdleFiles(), Math.min(Math.max(10, openFileIdleTimeout / 2), 60_000));
       // Open files never keep the process alive.
       this.#idleTimer.unref();
     }
     await Promise.all(closing);
   }
 
-  #closeIdleDataFiles(): void {
+  #closeIdleFiles(): void {
     const idleSince = Date.now() - this.#options.openFileIdleTimeout;
-    for (const [dir, file] of this.#dataFiles) {
-      if (!file.busy && file.lastUsed <= idleSince) void this.#dropDataFile(dir, file);
+    for (const files of [this.#dataFiles, this.#recordFiles]) {
+      for (const [dir, file] of files) {
+        if (!file.busy && file.lastUsed <= idleSince) void this.#dropFile(files, dir, file);
+      }
     }
-    void this.#trimDataFiles();
+    void this.#trimOpenFiles();
   }
 
   /** Makes a rename or new entry in `dir` durable (best effort, see {@link DirectorySync}). */

@@ -230,17 +230,19 @@ describe('FileSystemStorage', () => {
       return created;
     }
 
-    /** Session folders (by id) whose data file this process holds open, deleted or not. */
-    async function openDataFiles(): Promise<string[]> {
+    /** Session folders (by id) whose `name` file this process holds open, deleted or not. */
+    async function openFiles(name: string): Promise<string[]> {
       const sessions = `${await fs.realpath(path.join(root, '.bits-sessions'))}${path.sep}`;
       const open: string[] = [];
       for (const fd of await fs.readdir('/proc/self/fd')) {
         const target = await fs.readlink(`/proc/self/fd/${fd}`).catch(() => undefined);
-        const match = target?.startsWith(sessions) ? /^([^/]+)\/data( \(deleted\))?$/.exec(target.slice(sessions.length)) : null;
-        if (match?.[1] !== undefined) open.push(match[1]);
+        const rest = target?.startsWith(sessions) ? target.slice(sessions.length).replace(/ \(deleted\)$/, '') : undefined;
+        if (rest?.endsWith(`/${name}`)) open.push(rest.slice(0, -name.length - 1));
       }
       return open.sort();
     }
+    const openDataFiles = (): Promise<string[]> => openFiles('data');
+    const openRecords = (): Promise<string[]> => openFiles('record.json');
 
     async function receiving(target: FileSystemStorage, name: string, length = 1000): Promise<SessionRecord> {
       const record = await target.createSession(newSession([name]));
@@ -286,6 +288,36 @@ describe('FileSystemStorage', () => {
       for (let i = 0; i < 300; i++) sessions.push(await receiving(storage, `turn${i}.bin`, 10));
       for (const session of sessions) await storage.writeFragment(session.id, 10, body(bytes(10)));
       expect(await openDataFiles()).toHaveLength(300);
+    });
+
+    itLinux('keeps a record open between updates, and closes it when the session ends or is deleted', async () => {
+      const ended = await receiving(storage, 'record-ended.bin');
+      const deleted = await receiving(storage, 'record-deleted.bin');
+      expect(await openRecords()).toEqual([ended.id, deleted.id].sort());
+      await storage.updateSession(ended.id, { totalLength: 5000 });
+      await expect(new FileSystemStorage({ directory: root }).getSession(ended.id)).resolves.toMatchObject({ totalLength: 5000 });
+      await storage.endSession(ended.id, 'closed', Date.now());
+      await storage.deleteSession(deleted.id);
+      expect(await openRecords()).toEqual([]);
+      await expect(storage.getSession(ended.id)).resolves.toMatchObject({ state: 'closed' });
+    });
+
+    itLinux('keeps at most maxOpenFiles records open, closes idle ones and closes them all on close()', async () => {
+      const bounded = storageWith({ maxOpenFiles: 2, openFileIdleTimeout: 40 });
+      const sessions: SessionRecord[] = [];
+      for (let i = 0; i < 4; i++) sessions.push(await receiving(bounded, `r${i}.bin`));
+      expect(await openRecords()).toEqual([sessions[2]?.id, sessions[3]?.id].sort());
+      await delay(200);
+      expect(await openRecords()).toEqual([]);
+      await bounded.updateSession(sessions[0]?.id ?? '', { totalLength: 2000 });
+      expect(await openRecords()).toEqual([sessions[0]?.id]);
+      await bounded.close();
+      expect(await openRecords()).toEqual([]);
+      await expect(bounded.getSession(sessions[0]?.id ?? '')).resolves.toMatchObject({ totalLength: 2000 });
+
+      const none = storageWith({ maxOpenFiles: 0 });
+      await receiving(none, 'no-record-kept.bin');
+      expect(await openRecords()).toEqual([]);
     });
 
     itLinux('closes a file no fragment used for openFileIdleTimeout', async () => {
@@ -436,6 +468,20 @@ describe('FileSystemStorage', () => {
       await fs.rename(`${dataFile(record.id)}.new`, dataFile(record.id));
       await storage.commit(record.id, { overwrite: false });
       expect((await fs.readFile(path.join(root, 'replaced.bin'))).equals(bytes(2000, 2))).toBe(true);
+    });
+
+    it('appends an update to the record another process replaced meanwhile, not to the file kept open', async () => {
+      const record = await started(['replaced-record.bin']);
+      await storage.updateSession(record.id, { totalLength: 1 });
+      await other.updateSession(record.id, { totalLength: 2 });
+      // Replaced as a process does that rewrites the file on every update (versions before the
+      // appended record did), or a compaction.
+      const file = path.join(sessionDir(record.id), 'record.json');
+      await fs.writeFile(`${file}.new`, await fs.readFile(file));
+      await fs.rename(`${file}.new`, file);
+      await storage.updateSession(record.id, { totalLength: 1000 });
+      await expect(new FileSystemStorage({ directory: root }).getSession(record.id)).resolves.toMatchObject({ totalLength: 1000 });
+      await expect(other.getSession(record.id)).resolves.toMatchObject({ totalLength: 1000 });
     });
 
     it('sees every record change the other made, however quickly they follow each other', async () => {
