@@ -61,7 +61,10 @@ export interface FileSystemStorageOptions {
    * fragment. Defaults to 1024.
    */
   readonly maxOpenFiles?: number;
-  /** Milliseconds after which a data file no fragment used, or a record no update used, is closed. Defaults to 10 000. */
+  /**
+   * Milliseconds after which a data file no fragment used, or a record no update used, is closed.
+   * Defaults to 10 000.
+   */
   readonly openFileIdleTimeout?: number;
 }
 
@@ -93,7 +96,10 @@ interface CachedRecord {
   readonly stats: BigIntStats;
 }
 
-/** The data file of a session in progress, kept open between its fragments, or its record.json, kept open between its updates. */
+/**
+ * The data file of a session in progress, kept open between its fragments, or its record.json,
+ * kept open between its updates.
+ */
 interface OpenFile {
   readonly handle: FileHandle;
   /** A fragment or an update is being written through it: it is closed only once that is done. */
@@ -1073,7 +1079,7 @@ export class FileSystemStorage implements StorageAdapter {
     return await handle.stat({ bigint: true });
   }
 
-  /** Closes the record kept open for the session in `dir`, if any (once its update is done, if one is running). */
+  /** Closes the record kept open for the session in `dir`, if any (once its update is done, if one runs). */
   async #closeRecordFile(dir: string): Promise<void> {
     const file = this.#recordFiles.get(dir);
     if (file === undefined) return;
