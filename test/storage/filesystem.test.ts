@@ -1474,6 +1474,20 @@ describe('FileSystemStorage', () => {
       expect((await storage.getSession(record.id))?.receivedLength).toBe(0);
     });
 
+    /** Counts fdatasync and fsync calls of every file handle from now on (afterEach restores both). */
+    function countFlushes(): { counts: { datasyncs: number; syncs: number }; reset(): void } {
+      const counts = { datasyncs: 0, syncs: 0 };
+      proto.datasync = function (this: FileHandle) {
+        counts.datasyncs += 1;
+        return realDatasync.call(this);
+      };
+      proto.sync = function (this: FileHandle) {
+        counts.syncs += 1;
+        return realSync.call(this);
+      };
+      return { counts, reset: () => Object.assign(counts, { datasyncs: 0, syncs: 0 }) };
+    }
+
     it('vouches for nothing new when fdatasync fails, and truncates back', async () => {
       const record = await startedOf('sync.bin', 100);
       proto.datasync = () => Promise.reject(errno('EIO'));
@@ -1486,54 +1500,36 @@ describe('FileSystemStorage', () => {
     });
 
     it('flushes each fragment with one fdatasync of the data file under fsync: fragment, and none under commit', async () => {
-      let datasyncs = 0;
-      let syncs = 0;
-      proto.datasync = function (this: FileHandle) {
-        datasyncs += 1;
-        return realDatasync.call(this);
-      };
-      proto.sync = function (this: FileHandle) {
-        syncs += 1;
-        return realSync.call(this);
-      };
+      const flushes = countFlushes();
       const record = await startedOf('flushed.bin', 0);
-      [datasyncs, syncs] = [0, 0];
+      flushes.reset();
       for (let offset = 0; offset < 3000; offset += 1000) await storage.writeFragment(record.id, offset, body(bytes(1000)));
-      expect({ datasyncs, syncs }).toEqual({ datasyncs: 3, syncs: 0 });
+      expect(flushes.counts).toEqual({ datasyncs: 3, syncs: 0 });
 
       const lazy = new FileSystemStorage({ directory: root, fsync: 'commit' });
       const other = await lazy.createSession(newSession(['lazy.bin']));
       await lazy.updateSession(other.id, { totalLength: 3000 });
-      [datasyncs, syncs] = [0, 0];
+      flushes.reset();
       for (let offset = 0; offset < 3000; offset += 1000) await lazy.writeFragment(other.id, offset, body(bytes(1000)));
-      expect({ datasyncs, syncs }).toEqual({ datasyncs: 0, syncs: 0 });
+      expect(flushes.counts).toEqual({ datasyncs: 0, syncs: 0 });
       await lazy.close();
     });
 
     it('commits with one fdatasync of the data file and one fsync of the destination folder', async () => {
-      let datasyncs = 0;
-      let syncs = 0;
-      proto.datasync = function (this: FileHandle) {
-        datasyncs += 1;
-        return realDatasync.call(this);
-      };
-      proto.sync = function (this: FileHandle) {
-        syncs += 1;
-        return realSync.call(this);
-      };
+      const flushes = countFlushes();
       const record = await started(['commit-flushes.bin'], bytes(3000));
-      [datasyncs, syncs] = [0, 0];
+      flushes.reset();
       await storage.commit(record.id, { overwrite: false });
       // The data file (already flushed fragment by fragment), the commit marker and the final state.
-      expect({ datasyncs, syncs }).toEqual({ datasyncs: 3, syncs: 1 });
+      expect(flushes.counts).toEqual({ datasyncs: 3, syncs: 1 });
 
       const lazy = new FileSystemStorage({ directory: root, fsync: 'never' });
       const other = await lazy.createSession(newSession(['never-flushed.bin']));
       await lazy.updateSession(other.id, { totalLength: 3000 });
       await lazy.writeFragment(other.id, 0, body(bytes(3000)));
-      [datasyncs, syncs] = [0, 0];
+      flushes.reset();
       await lazy.commit(other.id, { overwrite: false });
-      expect({ datasyncs, syncs }).toEqual({ datasyncs: 0, syncs: 0 });
+      expect(flushes.counts).toEqual({ datasyncs: 0, syncs: 0 });
       await lazy.close();
     });
 
