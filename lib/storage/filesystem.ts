@@ -250,8 +250,7 @@ export class FileSystemStorage implements StorageAdapter {
       data = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS | fsConstants.O_EXCL);
       // The data file's time counts as progress (see the class comment): it starts at the record's.
       await setTime(data, record.updatedAt);
-      // Created whole by rename: a crash leaves no record or this one, never a torn first line.
-      await this.#replaceRecord(dir, record);
+      await this.#createRecord(dir, record);
     } catch (error) {
       await data?.close().catch(() => undefined);
       // A folder without a record is invisible to listSessions and would never expire.
@@ -260,6 +259,8 @@ export class FileSystemStorage implements StorageAdapter {
     }
     // Kept open for the first fragment, which normally follows.
     await this.#keepDataFile(dir, data, record.updatedAt);
+    // The folder's entries, and the folder's own, are durable before the Ack.
+    await this.#syncDirectory(dir);
     await this.#syncDirectory(this.#sessionsDir);
     debug('created session %s for %s', session.id, session.destination.join('/'));
     return publicRecord(record);
@@ -1014,8 +1015,8 @@ export class FileSystemStorage implements StorageAdapter {
    * leaves the old last line or the new one (a torn line is never taken, see
    * {@link lastJsonLine}). Replacing the file instead (write a temporary file, flush, rename,
    * flush the folder) creates and frees a file per update, which made up most of a session's
-   * kernel time on the development VM. The first record, and a file that grew past
-   * {@link RECORD_COMPACT_BYTES}, are written by replacement. The file stays open between
+   * kernel time on the development VM. The first record is written in place (see #createRecord),
+   * a file that grew past {@link RECORD_COMPACT_BYTES} is replaced. The file stays open between
    * updates, like the data file between fragments (see #appendRecord).
    */
   async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
@@ -1061,16 +1062,41 @@ export class FileSystemStorage implements StorageAdapter {
       if (stats.nlink > 0n) return stats;
     }
     const handle = await fs.open(path.join(dir, RECORD_FILE), fsConstants.O_WRONLY | fsConstants.O_APPEND);
-    let keep = false;
+    let keeping = false;
     try {
       const stats = await this.#appendThrough(handle, line);
-      keep = this.#options.maxOpenFiles > 0 && stats.nlink > 0n && !this.#recordFiles.has(dir);
-      if (keep) this.#recordFiles.set(dir, { handle, busy: false, closeWhenDone: false, lastUsed: Date.now(), timeSet: 0 });
+      keeping = stats.nlink > 0n && this.#keepRecordFile(dir, handle);
       return stats;
     } finally {
-      if (keep) await this.#trimOpenFiles();
+      if (keeping) await this.#trimOpenFiles();
       else await handle.close();
     }
+  }
+
+  /**
+   * Writes the first record of a new session in place, flushed, and keeps the file open for the
+   * session's updates. Not by rename: nobody reads a session before its Create-Session Ack, and a
+   * crash before that leaves a record without a complete line, which recover() removes with its
+   * folder (a session never acknowledged). The caller flushes the folder.
+   */
+  async #createRecord(dir: string, record: StoredRecord): Promise<void> {
+    const flags = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_EXCL;
+    const handle = await fs.open(path.join(dir, RECORD_FILE), flags);
+    let keeping = false;
+    try {
+      this.#rememberRecord(dir, record, await this.#appendThrough(handle, serializeRecord(record)));
+      keeping = this.#keepRecordFile(dir, handle);
+    } finally {
+      if (keeping) await this.#trimOpenFiles();
+      else await handle.close();
+    }
+  }
+
+  /** Keeps `handle` open as the record of the session in `dir`, when allowed and none is kept yet. */
+  #keepRecordFile(dir: string, handle: FileHandle): boolean {
+    if (this.#options.maxOpenFiles === 0 || this.#recordFiles.has(dir)) return false;
+    this.#recordFiles.set(dir, { handle, busy: false, closeWhenDone: false, lastUsed: Date.now(), timeSet: 0 });
+    return true;
   }
 
   async #appendThrough(handle: FileHandle, line: string): Promise<BigIntStats> {
@@ -1360,8 +1386,8 @@ function receivedOf(record: StoredRecord, size: number): number {
 }
 
 /**
- * What identifies one version of record.json: it is only ever replaced by a rename, so a new
- * version is a new inode, and inode numbers reused later come with other times.
+ * What identifies one version of record.json: it only grows by appends or is replaced by a rename
+ * (a new inode), and inode numbers reused later come with other times.
  */
 function stampOf(stats: BigIntStats): string {
   return `${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}`;

@@ -999,6 +999,18 @@ describe('FileSystemStorage', () => {
       await expect(fs.stat(orphan)).rejects.toMatchObject({ code: 'ENOENT' });
     });
 
+    it('removes a session whose first record a crash cut short, before its Create-Session Ack', async () => {
+      const record = await storage.createSession(newSession(['cut.bin']));
+      await storage.close();
+      const file = path.join(sessionDir(record.id), 'record.json');
+      const whole = await fs.readFile(file);
+      expect(whole.toString().trim().split('\n')).toHaveLength(1);
+      await fs.truncate(file, Math.floor(whole.length / 2));
+      await expect(recover()).resolves.toEqual({ ...nothing, orphansRemoved: 1 });
+      await expect(fs.stat(sessionDir(record.id))).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(storage.getSession(record.id)).resolves.toBeUndefined();
+    });
+
     it.each([
       ['corrupt JSON', async (dir: string) => fs.writeFile(path.join(dir, 'record.json'), '{ not json')],
       ['an empty record.json', async (dir: string) => fs.writeFile(path.join(dir, 'record.json'), '')],
