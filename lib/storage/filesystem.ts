@@ -637,7 +637,8 @@ export class FileSystemStorage implements StorageAdapter {
    * Repairs what a crash left in the session folder; call it once at start-up, while no other
    * process or instance uses the same `directory` (it would take their half-created sessions for
    * orphans). Per session folder:
-   * - no readable record.json (a crash inside createSession, or junk), or a record of another id:
+   * - no readable record.json (a crash inside createSession: none yet, or empty or cut short; or
+   *   junk), or a record of another id:
    *   the folder is removed (`orphansRemoved`); a record of a newer format version is left alone;
    * - a leftover `record.json.tmp` is removed (`orphansRemoved`), and so is the data file of a
    *   session that ended (`closed`, `cancelled`); the data of a `complete` session that was not
