@@ -40,16 +40,16 @@
  * peak RSS (resourceUsage().maxRSS reported by the server child at exit), read/write system calls
  * per fragment (/proc/<pid>/io; they include the event loop's wake-ups for thread-pool file calls),
  * ratios to the baseline (of the medians, and the median of per-round ratios: "paired"), and the
- * user CPU other processes used meanwhile (/proc/stat: the noise
- * indicator; a warning names benchmarks, test runs or builds found running). Every file is checked
+ * user CPU other processes used meanwhile (/proc/stat: the noise indicator; a warning names
+ * benchmarks, test runs or builds found running). Every file is checked
  * byte for byte against the pattern after its sample (not timed) and deleted, every server folder
  * is deleted when its scenario ends, and dirty pages are flushed (`sync`) before every timed sample
  * so that no sample pays for another's writeback.
  *
  * Targets (PASS/FAIL lines at the end): S1 bits >= 0.9x baseline MiB/s; S2 >= 0.8x; S3 >= 0.8x
- * with zero errors; bits ahead of tus in S1-S4 (S1-S3 judged by paired ratios); S4 bits peak RSS <= 1.2x the baseline's and RSS
- * not growing (2nd half vs 1st half of the upload, <= 16 MiB); S5 GETs with the BITS_POST support
- * ('all', what the CLI uses) >= 0.9x plain.
+ * with zero errors; bits ahead of tus in S1-S4 (S1-S3 judged by paired ratios); S4 bits peak RSS
+ * <= 1.2x the baseline's and RSS not growing (2nd half vs 1st half of the upload, <= 16 MiB); S5
+ * GETs with the BITS_POST support ('all', what the CLI uses) >= 0.9x plain.
  *
  * Options:
  *   --quick                      about 2 minutes: S1 512 MiB, S2 32 MiB, S4 1 GiB, 3 rounds, S5 short
