@@ -20,41 +20,28 @@ import {
   errorHeaders,
   expectAck,
   listUploads,
-  makeSandbox,
   serve,
   sessionDataBytes,
-  type RunningServer,
-  type Sandbox,
+  useServerTest,
 } from './support';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
+const env = useServerTest();
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
   const app = express();
   // Every client here is 127.0.0.1, one principal by default: lift the per-principal limit (§5.4)
   // above the 300 sessions these tests leave open.
-  app.use('/uploads', bitsUpload({ directory: sandbox.root, maxSessionsPerPrincipal: 1000 }));
-  running = await serve(app);
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
+  app.use('/uploads', bitsUpload({ directory: env.sandbox.root, maxSessionsPerPrincipal: 1000 }));
+  env.running = await serve(app);
 });
 
 function client(connection: 'keep-alive' | 'per-packet' = 'keep-alive'): BitsClient {
-  if (running === undefined) throw new Error('server not started');
-  const made = new BitsClient(running.port, { connection });
-  clients.push(made);
+  if (env.running === undefined) throw new Error('server not started');
+  const made = new BitsClient(env.running.port, { connection });
+  env.clients.push(made);
   return made;
 }
 
@@ -75,11 +62,11 @@ test('20 concurrent sessions, each uploading a distinct 1-2 MiB file', async () 
     const result = results[i];
     expect(result?.offsets.at(-1)).toBe(job.source.size);
     expect(result?.fragmentAcks.every((ack) => ack.status === 200)).toBe(true);
-    expect(await sha256OfFile(path.join(sandbox.root, job.name))).toBe(await sha256OfSource(job.source));
+    expect(await sha256OfFile(path.join(env.sandbox.root, job.name))).toBe(await sha256OfSource(job.source));
   }
   expect(new Set(results.map((result) => result.sessionId)).size).toBe(20);
-  expect(await listUploads(sandbox.root)).toEqual(jobs.map((job) => `${job.name} ${job.source.size}`));
-  expect(await sessionDataBytes(sandbox.root)).toBe(0);
+  expect(await listUploads(env.sandbox.root)).toEqual(jobs.map((job) => `${job.name} ${job.source.size}`));
+  expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
 }, 60_000);
 
 test('the same fragment racing on five connections: one write, five consistent Acks', async () => {
@@ -92,10 +79,10 @@ test('the same fragment racing on five connections: one write, five consistent A
     Array.from({ length: 5 }, () => client().fragment('/uploads/race.bin', sid, 0, 256 * KiB - 1, size, first)),
   );
   for (const ack of acks) expectAck(ack, 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': String(256 * KiB) });
-  expect(await sessionDataBytes(sandbox.root)).toBe(256 * KiB);
+  expect(await sessionDataBytes(env.sandbox.root)).toBe(256 * KiB);
   const rest = await owner.uploadFile('/uploads/race.bin', source, 256 * KiB, { sessionId: sid, startAt: 256 * KiB });
   expect(rest.offsets).toEqual([size]);
-  expect(await sha256OfFile(path.join(sandbox.root, 'race.bin'))).toBe(await sha256OfSource(source));
+  expect(await sha256OfFile(path.join(env.sandbox.root, 'race.bin'))).toBe(await sha256OfSource(source));
 });
 
 test('consecutive fragments racing on two connections: never a hole, the client resyncs', async () => {
@@ -115,7 +102,7 @@ test('consecutive fragments racing on two connections: never a hole, the client 
   // The rest as the client would: from MiB (a duplicate if B already landed).
   const finish = await a.uploadFile('/uploads/next.bin', source, MiB, { sessionId: sid, startAt: MiB });
   expect(finish.offsets.at(-1)).toBe(size);
-  expect(await sha256OfFile(path.join(sandbox.root, 'next.bin'))).toBe(await sha256OfSource(source));
+  expect(await sha256OfFile(path.join(env.sandbox.root, 'next.bin'))).toBe(await sha256OfSource(source));
 });
 
 test('two sessions racing for one destination: the first commit wins, the second gets 403 at commit', async () => {
@@ -128,11 +115,11 @@ test('two sessions racing for one destination: the first commit wins, the second
   expect(receivedOffset(await one.fragment('/uploads/contested.bin', sidOne, 0, 9, 10, data('ONE-012345')))).toBe(10);
   const lost = await two.fragment('/uploads/contested.bin', sidTwo, 5, 9, 10, data('TWO-1'));
   expectAck(lost, 403, { 'BITS-Session-Id': sidTwo, ...errorHeaders(E_ACCESSDENIED) });
-  expect(await fsp.readFile(path.join(sandbox.root, 'contested.bin'), 'latin1')).toBe('ONE-012345');
+  expect(await fsp.readFile(path.join(env.sandbox.root, 'contested.bin'), 'latin1')).toBe('ONE-012345');
   expectAck(await two.cancel('/uploads/contested.bin', sidTwo), 200, { 'BITS-Session-Id': sidTwo });
   expectAck(await one.close('/uploads/contested.bin', sidOne), 200, { 'BITS-Session-Id': sidOne });
-  expect(await fsp.readFile(path.join(sandbox.root, 'contested.bin'), 'latin1')).toBe('ONE-012345');
-  expect(await sessionDataBytes(sandbox.root)).toBe(0);
+  expect(await fsp.readFile(path.join(env.sandbox.root, 'contested.bin'), 'latin1')).toBe('ONE-012345');
+  expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
 });
 
 // Many uploads finishing at once into a folder that does not exist yet: every commit creates the
@@ -155,9 +142,9 @@ test('30 uploads completing at the same moment into one new folder, 10 rounds: a
     for (const [n, ack] of acks.entries()) {
       if (ack.status !== 200) failures.push(`round ${round} upload ${n}: ${ack.status} ${ack.headers['bits-error-code'] ?? ''}`);
     }
-    for (const client of clients.splice(0)) client.dispose();
+    for (const client of env.clients.splice(0)) client.dispose();
   }
   expect(failures).toEqual([]);
-  const files = await listUploads(sandbox.root);
+  const files = await listUploads(env.sandbox.root);
   expect(files.filter((entry) => entry.endsWith('.bin 2'))).toHaveLength(300);
 }, 60_000);

@@ -21,11 +21,9 @@ import {
   errorHeaders,
   expectAck,
   listUploads,
-  makeSandbox,
   serve,
   sessionDataBytes,
-  type RunningServer,
-  type Sandbox,
+  useServerTest,
 } from './support';
 
 const TARGET = '/uploads/report.bin';
@@ -41,21 +39,7 @@ class FailingStorage extends FileSystemStorage {
   }
 }
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
-});
+const env = useServerTest();
 
 interface StartOptions {
   readonly bits?: Omit<BitsUploadOptions, 'directory'>;
@@ -67,10 +51,10 @@ async function start(options: StartOptions = {}): Promise<BitsClient> {
   const app = express();
   if (options.rawParserFirst === true) app.use(express.raw({ type: 'application/octet-stream' }));
   const bits = options.bits ?? {};
-  app.use('/uploads', bitsUpload(bits.storage === undefined ? { directory: sandbox.root, ...bits } : bits));
-  running = await serve(app);
-  const client = new BitsClient(running.port);
-  clients.push(client);
+  app.use('/uploads', bitsUpload(bits.storage === undefined ? { directory: env.sandbox.root, ...bits } : bits));
+  env.running = await serve(app);
+  const client = new BitsClient(env.running.port);
+  env.clients.push(client);
   return client;
 }
 
@@ -82,7 +66,7 @@ const notFound = (sid: string): Record<string, string> => ({ 'BITS-Session-Id': 
 async function expectConnectionUsable(client: BitsClient): Promise<void> {
   expectAck(await client.ping(TARGET), 200);
   expect(client.connectionsOpened).toBe(1);
-  expect(running?.connections()).toBe(1);
+  expect(env.running?.connections()).toBe(1);
 }
 
 describe('§3 step 1: uploads disabled', () => {
@@ -103,7 +87,7 @@ describe('§3 step 1: uploads disabled', () => {
 async function expectConnectionUsableWith(client: BitsClient, status: number): Promise<void> {
   expect((await client.ping(TARGET)).status).toBe(status);
   expect(client.connectionsOpened).toBe(1);
-  expect(running?.connections()).toBe(1);
+  expect(env.running?.connections()).toBe(1);
 }
 
 describe('§3 step 3: request syntax', () => {
@@ -126,7 +110,7 @@ describe('§3 step 3: request syntax', () => {
     const client = await start();
     const response = await client.packet({ target: TARGET, ...request });
     expectAck(response, 400, invalid, request.sessionId === undefined ? {} : { 'BITS-Session-Id': request.sessionId });
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     await expectConnectionUsable(client);
   });
 
@@ -160,8 +144,8 @@ describe('§3 step 3: request syntax', () => {
       contentLength: null,
     });
     expectAck(response, 411, invalid, { 'BITS-Session-Id': sid });
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 
   test('HTTP/1.0: 400 + E_INVALIDARG + 0x5 (§2.1)', async () => {
@@ -198,7 +182,7 @@ describe('§3 step 4: session lookup', () => {
       'BITS-Session-Id': sid,
       'BITS-Received-Content-Range': '4',
     });
-    expect(await listUploads(sandbox.root)).toEqual(['a.bin 4']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['a.bin 4']);
   });
 
   test('an expired session is unknown to Fragment (§5.4)', async () => {
@@ -206,7 +190,7 @@ describe('§3 step 4: session lookup', () => {
     const sid = await client.openSession(TARGET);
     await new Promise((resolve) => setTimeout(resolve, 120));
     expectAck(await client.fragment(TARGET, sid, 0, 3, 4, body('abcd')), 500, notFound(sid));
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 
   // §5.4 [REC] and §15 A9: after expiry a tombstone remains; a Close that hits it gets 200. Otherwise a
@@ -223,7 +207,7 @@ describe('§3 step 4: session lookup', () => {
     await new Promise((resolve) => setTimeout(resolve, 250));
     expectAck(await client.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expectAck(await client.fragment(TARGET, sid, 0, 3, 4, body('abcd')), 500, notFound(sid));
-    expect(await listUploads(sandbox.root)).toEqual(['report.bin 4']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['report.bin 4']);
   });
 
   test('Fragment after Close and after Cancel: 500 + BG_E_SESSION_NOT_FOUND; Close/Cancel repeats: 200', async () => {
@@ -236,7 +220,7 @@ describe('§3 step 4: session lookup', () => {
     expectAck(await client.cancel(TARGET, cancelled), 200, { 'BITS-Session-Id': cancelled });
     expectAck(await client.fragment(TARGET, cancelled, 0, 3, 4, body('abcd')), 500, notFound(cancelled));
     expectAck(await client.close(TARGET, cancelled), 200, { 'BITS-Session-Id': cancelled });
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 });
 
@@ -251,7 +235,7 @@ describe('§3.2 Create-Session errors', () => {
   });
 
   test('the destination is a folder: 400 + E_INVALIDARG', async () => {
-    await fsp.mkdir(path.join(sandbox.root, 'folder'));
+    await fsp.mkdir(path.join(env.sandbox.root, 'folder'));
     const client = await start();
     expectAck(await client.createSession('/uploads/folder'), 400, invalid);
   });
@@ -261,17 +245,17 @@ describe('§3.2 Create-Session errors', () => {
   // client upload the whole file and then answers every resend of the final fragment with
   // 500 + E_FAIL, which the client treats as transient (§9.2) and retries for days.
   test('a folder in the destination path is a file: refused at Create-Session, not after the upload', async () => {
-    await fsp.writeFile(path.join(sandbox.root, 'existing.txt'), 'a file');
+    await fsp.writeFile(path.join(env.sandbox.root, 'existing.txt'), 'a file');
     const client = await start();
     const response = await client.createSession('/uploads/existing.txt/child.bin');
     if (response.status === 404) expectAck(response, 404);
     else expectAck(response, 400, invalid);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(await fsp.readFile(path.join(sandbox.root, 'existing.txt'), 'latin1')).toBe('a file');
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(await fsp.readFile(path.join(env.sandbox.root, 'existing.txt'), 'latin1')).toBe('a file');
   });
 
   test('the destination exists: 403 + E_ACCESSDENIED', async () => {
-    await fsp.writeFile(path.join(sandbox.root, 'report.bin'), 'old');
+    await fsp.writeFile(path.join(env.sandbox.root, 'report.bin'), 'old');
     const client = await start();
     expectAck(await client.createSession(TARGET), 403, errorHeaders(E_ACCESSDENIED));
     await expectConnectionUsable(client);
@@ -286,7 +270,7 @@ describe('§6.2 Fragment errors', () => {
       'BITS-Session-Id': sid,
       ...errorHeaders(BG_E_TOO_LARGE),
     });
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     await expectConnectionUsable(client);
   });
 
@@ -296,7 +280,7 @@ describe('§6.2 Fragment errors', () => {
     const refused = await client.fragment(TARGET, sid, 0, 1024, 2048, Buffer.alloc(1025, 0x41));
     expectAck(refused, 413, {}, { 'BITS-Session-Id': sid });
     expect(refused.headers.connection).toBe('close');
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     const accepted = await client.fragment(TARGET, sid, 0, 1023, 2048, Buffer.alloc(1024, 0x41));
     expectAck(accepted, 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': '1024' });
     expect(accepted.connection).toBe(2);
@@ -309,7 +293,7 @@ describe('§6.2 Fragment errors', () => {
     const refused = await client.fragment(TARGET, sid, 0, size - 1, size, Buffer.alloc(size, 0x42));
     expectAck(refused, 413, {}, { 'BITS-Session-Id': sid });
     expectAck(await client.ping(TARGET), 200);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
   });
 
   test('V6 Content-Encoding other than identity: 400; identity is accepted', async () => {
@@ -340,14 +324,14 @@ describe('server faults', () => {
       extraHeaders: [['Content-Type', 'application/octet-stream']],
     });
     expectAck(response, 500, { 'BITS-Session-Id': sid, ...errorHeaders(E_FAIL) });
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     // Without a Content-Type (as Windows sends it) the parser leaves the body alone.
     const plain = await client.fragment(TARGET, sid, 0, 3, 4, body('abcd'));
     expectAck(plain, 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': '4' });
   });
 
   test('the storage fails: 500 + E_FAIL; disk full: 500 + 0x80070070 (§15 A17); the upload then resumes', async () => {
-    const storage = new FailingStorage({ directory: sandbox.root, fsync: 'never' });
+    const storage = new FailingStorage({ directory: env.sandbox.root, fsync: 'never' });
     const client = await start({ bits: { storage } });
     const sid = await client.openSession(TARGET);
     storage.failure = new Error('boom');
@@ -360,7 +344,7 @@ describe('server faults', () => {
     storage.failure = undefined;
     const resumed = await client.uploadFile(TARGET, body('abcdefgh'), 4, { sessionId: sid });
     expect(resumed.offsets).toEqual([4, 8]);
-    expect(await fsp.readFile(path.join(sandbox.root, 'report.bin'), 'latin1')).toBe('abcdefgh');
+    expect(await fsp.readFile(path.join(env.sandbox.root, 'report.bin'), 'latin1')).toBe('abcdefgh');
     await expectConnectionUsable(client);
   });
 });

@@ -18,11 +18,9 @@ import {
   expectAck,
   listTree,
   listUploads,
-  makeSandbox,
   serve,
+  useServerTest,
   type Listenable,
-  type RunningServer,
-  type Sandbox,
 } from './support';
 
 const express4 = jest.requireActual<typeof import('express')>('express4');
@@ -101,21 +99,7 @@ test('the express4 package is Express 4 and express is Express 5', () => {
   expect(jest.requireActual<{ version: string }>('express/package.json').version).toMatch(/^5\./);
 });
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
-});
+const env = useServerTest();
 
 async function get(client: BitsClient, target: string): Promise<HttpResponse> {
   const [response] = await client.raw(`GET ${target} HTTP/1.1\r\nHost: ${client.host}\r\nConnection: Keep-Alive\r\n\r\n`);
@@ -151,9 +135,9 @@ async function expectRoutesWork(client: BitsClient, n: number): Promise<void> {
 
 describe.each(CASES)('$title', ({ framework, mount, via }) => {
   test('a whole upload between other requests on one keep-alive connection', async () => {
-    running = await serve(framework.build(mount, bitsUpload({ directory: sandbox.root })), via);
-    const client = new BitsClient(running.port);
-    clients.push(client);
+    env.running = await serve(framework.build(mount, bitsUpload({ directory: env.sandbox.root })), via);
+    const client = new BitsClient(env.running.port);
+    env.clients.push(client);
     const base = BASE[mount];
 
     await expectRoutesWork(client, 1);
@@ -163,16 +147,16 @@ describe.each(CASES)('$title', ({ framework, mount, via }) => {
     expect(result.offsets).toEqual([65_536, 131_072, 196_608, 204_803]);
     await expectRoutesWork(client, 2);
 
-    expect(await sha256OfFile(path.join(sandbox.root, 'nested', 'deep', 'file.bin'))).toBe(await sha256OfSource(source));
-    expect(await listUploads(sandbox.root)).toEqual(['nested/', 'nested/deep/', 'nested/deep/file.bin 204803']);
+    expect(await sha256OfFile(path.join(env.sandbox.root, 'nested', 'deep', 'file.bin'))).toBe(await sha256OfSource(source));
+    expect(await listUploads(env.sandbox.root)).toEqual(['nested/', 'nested/deep/', 'nested/deep/file.bin 204803']);
     expect(client.connectionsOpened).toBe(1);
-    expect(running.connections()).toBe(1);
+    expect(env.running.connections()).toBe(1);
   });
 
   test('absolute-form request-targets (§2.1) reach the same destination and session as origin-form', async () => {
-    running = await serve(framework.build(mount, bitsUpload({ directory: sandbox.root })), via);
-    const client = new BitsClient(running.port);
-    clients.push(client);
+    env.running = await serve(framework.build(mount, bitsUpload({ directory: env.sandbox.root })), via);
+    const client = new BitsClient(env.running.port);
+    env.clients.push(client);
     const origin = `${BASE[mount]}/abs.bin`;
     const absolute = `http://bits.example.test${origin}`;
     const sid = await client.openSession(absolute);
@@ -183,14 +167,14 @@ describe.each(CASES)('$title', ({ framework, mount, via }) => {
     expectAck(await client.fragment(origin, sid, 0, 4, 10, Buffer.from('01234')), 200, received(5));
     expectAck(await client.fragment(absolute, sid, 5, 9, 10, Buffer.from('56789')), 200, received(10));
     expectAck(await client.close(origin, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await fsp.readFile(path.join(sandbox.root, 'abs.bin'), 'latin1')).toBe('0123456789');
-    expect(await listUploads(sandbox.root)).toEqual(['abs.bin 10']);
+    expect(await fsp.readFile(path.join(env.sandbox.root, 'abs.bin'), 'latin1')).toBe('0123456789');
+    expect(await listUploads(env.sandbox.root)).toEqual(['abs.bin 10']);
   });
 
   test('requests that are not BITS packets for the middleware pass through to the app', async () => {
-    running = await serve(framework.build(mount, bitsUpload({ directory: sandbox.root })), via);
-    const client = new BitsClient(running.port);
-    clients.push(client);
+    env.running = await serve(framework.build(mount, bitsUpload({ directory: env.sandbox.root })), via);
+    const client = new BitsClient(env.running.port);
+    env.clients.push(client);
     const base = BASE[mount];
 
     // GET of an upload URL: not the middleware's business (§3.6).
@@ -224,8 +208,8 @@ describe.each(CASES)('$title', ({ framework, mount, via }) => {
       expectAck(await client.createSession(target), 400, errorHeaders(E_INVALIDARG));
     }
     await expectRoutesWork(client, 3);
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
     // Nothing beside the upload root either.
-    expect((await listTree(sandbox.dir)).filter((entry) => !entry.startsWith('root/'))).toEqual([]);
+    expect((await listTree(env.sandbox.dir)).filter((entry) => !entry.startsWith('root/'))).toEqual([]);
   });
 });

@@ -19,10 +19,8 @@ import {
   E_FAIL,
   errorHeaders,
   expectAck,
-  makeSandbox,
   serve,
-  type RunningServer,
-  type Sandbox,
+  useServerTest,
 } from './support';
 
 const TARGET = '/uploads/report.bin';
@@ -37,31 +35,22 @@ const byHeader = (req: IncomingMessage): string | undefined => {
   return typeof value === 'string' ? value : undefined;
 };
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
 let middleware: BitsUploadMiddleware | undefined;
-let clients: BitsClient[] = [];
 
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-});
-
+// Before useServerTest's hooks, so that the middleware closes while its server and files still exist.
 afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
   await middleware?.close({ timeout: 1_000 });
   middleware = undefined;
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
 });
+
+const env = useServerTest();
 
 /** Every event of the middleware, in order, as `[name, argument]`. */
 type Recorded = { [K in keyof BitsUploadEvents]: [K, BitsUploadEvents[K][0]] }[keyof BitsUploadEvents];
 
 async function start(options: Omit<BitsUploadOptions, 'directory' | 'storage'> = {}): Promise<{ events: Recorded[] }> {
   const events: Recorded[] = [];
-  middleware = bitsUpload({ directory: sandbox.root, ...options });
+  middleware = bitsUpload({ directory: env.sandbox.root, ...options });
   for (const name of [
     'session-created',
     'progress',
@@ -75,14 +64,14 @@ async function start(options: Omit<BitsUploadOptions, 'directory' | 'storage'> =
   }
   const app = express();
   app.use('/uploads', middleware);
-  running = await serve(app);
+  env.running = await serve(app);
   return { events };
 }
 
 function client(): BitsClient {
-  if (running === undefined) throw new Error('server not started');
-  const bits = new BitsClient(running.port);
-  clients.push(bits);
+  if (env.running === undefined) throw new Error('server not started');
+  const bits = new BitsClient(env.running.port);
+  env.clients.push(bits);
   return bits;
 }
 
@@ -106,7 +95,7 @@ test('a whole upload: session-created, progress, upload-completed with the file 
     ['upload-completed', { ...session, size: 10, sha256: sha256('0123456789') }],
     ['session-closed', session],
   ]);
-  const file = await fsp.readFile(path.join(sandbox.root, 'report.bin'));
+  const file = await fsp.readFile(path.join(env.sandbox.root, 'report.bin'));
   expect(createHash('sha256').update(file).digest('hex')).toBe(sha256('0123456789'));
 });
 
@@ -190,7 +179,7 @@ test('a session is bound to its principal: from another one it is an unknown ses
     ...errorHeaders(BG_E_SESSION_NOT_FOUND),
   });
   expectAck(await bits.fragment(TARGET, sid, 0, 3, 4, body('abcd'), { extraHeaders: user('alice') }), 200, fragmentAck(sid, 4));
-  expect(await fsp.readFile(path.join(sandbox.root, 'report.bin'), 'latin1')).toBe('abcd');
+  expect(await fsp.readFile(path.join(env.sandbox.root, 'report.bin'), 'latin1')).toBe('abcd');
 });
 
 test('close() with a fragment in flight: new sessions 503 at once, the fragment completes, then every packet 503', async () => {
@@ -214,5 +203,5 @@ test('close() with a fragment in flight: new sessions 503 at once, the fragment 
   expect(closed).toBe(true);
   expectAck(await other.ping('/uploads/other.bin'), 503, errorHeaders(E_FAIL));
   expectAck(await uploader.close(TARGET, sid), 503, errorHeaders(E_FAIL));
-  expect(await fsp.readFile(path.join(sandbox.root, 'report.bin'), 'latin1')).toBe('0123456789');
+  expect(await fsp.readFile(path.join(env.sandbox.root, 'report.bin'), 'latin1')).toBe('0123456789');
 });

@@ -16,15 +16,11 @@ import {
   errorHeaders,
   expectAck,
   listTree,
-  makeSandbox,
   serve,
-  type RunningServer,
-  type Sandbox,
+  useServerTest,
 } from './support';
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
+const env = useServerTest();
 
 /**
  * sandbox/
@@ -36,38 +32,29 @@ let clients: BitsClient[] = [];
  *     victim-link -> ../outside/victim.txt
  */
 beforeEach(async () => {
-  sandbox = await makeSandbox();
-  await fsp.mkdir(path.join(sandbox.dir, 'outside'));
-  await fsp.writeFile(path.join(sandbox.dir, 'outside', 'victim.txt'), 'victim');
-  await fsp.mkdir(path.join(sandbox.root, 'sub'));
-  await fsp.writeFile(path.join(sandbox.root, 'existing.txt'), 'existing');
-  await fsp.symlink(path.join('..', 'outside'), path.join(sandbox.root, 'link'));
-  await fsp.symlink(path.join('..', 'outside', 'victim.txt'), path.join(sandbox.root, 'victim-link'));
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
+  await fsp.mkdir(path.join(env.sandbox.dir, 'outside'));
+  await fsp.writeFile(path.join(env.sandbox.dir, 'outside', 'victim.txt'), 'victim');
+  await fsp.mkdir(path.join(env.sandbox.root, 'sub'));
+  await fsp.writeFile(path.join(env.sandbox.root, 'existing.txt'), 'existing');
+  await fsp.symlink(path.join('..', 'outside'), path.join(env.sandbox.root, 'link'));
+  await fsp.symlink(path.join('..', 'outside', 'victim.txt'), path.join(env.sandbox.root, 'victim-link'));
 });
 
 async function start(mount: string, allowOverwrites = false): Promise<BitsClient> {
   const app = express();
-  const middleware = bitsUpload({ directory: sandbox.root, allowOverwrites });
+  const middleware = bitsUpload({ directory: env.sandbox.root, allowOverwrites });
   if (mount === '') app.use(middleware);
   else app.use(mount, middleware);
-  running = await serve(app);
+  env.running = await serve(app);
   // One connection per packet, so a request the server refuses at the HTTP level cannot spoil the next.
-  const client = new BitsClient(running.port, { connection: 'per-packet' });
-  clients.push(client);
+  const client = new BitsClient(env.running.port, { connection: 'per-packet' });
+  env.clients.push(client);
   return client;
 }
 
 /** The sandbox as a listing, without the (empty) session folder the storage may create on first use. */
 async function snapshot(): Promise<string[]> {
-  return (await listTree(sandbox.dir)).filter((entry) => entry !== 'root/.bits-sessions/');
+  return (await listTree(env.sandbox.dir)).filter((entry) => entry !== 'root/.bits-sessions/');
 }
 
 /** Create-Session at `target`; if it (wrongly) succeeds, uploads "PWNED" there to expose where it lands. */
@@ -183,7 +170,7 @@ describe.each([
     const after = await snapshot();
     expectAck(response, 400, errorHeaders(E_INVALIDARG));
     expect(after).toEqual(before);
-    expect(await fsp.readFile(path.join(sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
+    expect(await fsp.readFile(path.join(env.sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
   });
 
   test('a link to a file outside: 403 (it exists); nothing outside changes', async () => {
@@ -192,14 +179,14 @@ describe.each([
     const response = await attempt(client, `${mount}/victim-link`);
     expectAck(response, 403, errorHeaders(E_ACCESSDENIED));
     expect(await snapshot()).toEqual(before);
-    expect(await fsp.readFile(path.join(sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
+    expect(await fsp.readFile(path.join(env.sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
   });
 
   test('a link to a file outside with allowOverwrites: the file outside is never written', async () => {
     const client = await start(mount, true);
     await attempt(client, `${mount}/victim-link`);
-    expect(await fsp.readFile(path.join(sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
-    const outside = (await listTree(sandbox.dir)).filter((entry) => !entry.startsWith('root/'));
+    expect(await fsp.readFile(path.join(env.sandbox.dir, 'outside', 'victim.txt'), 'latin1')).toBe('victim');
+    const outside = (await listTree(env.sandbox.dir)).filter((entry) => !entry.startsWith('root/'));
     expect(outside).toEqual(['outside/', 'outside/victim.txt 6']);
   });
 
@@ -226,7 +213,7 @@ describe.each([
       'BITS-Session-Id': sid,
       'BITS-Received-Content-Range': '10',
     });
-    expect(await fsp.readFile(path.join(sandbox.root, 'ok.bin'), 'latin1')).toBe('0123456789');
+    expect(await fsp.readFile(path.join(env.sandbox.root, 'ok.bin'), 'latin1')).toBe('0123456789');
   });
 
   test('a valid absolute-form target and a query string stay inside the root', async () => {
@@ -236,7 +223,7 @@ describe.each([
     expect(result.offsets).toEqual([4, 8]);
     const queried = `${mount}/q.bin?name=/../../escape.txt`;
     await client.uploadFile(queried, Buffer.from('query'), 5);
-    const tree = await listTree(sandbox.dir);
+    const tree = await listTree(env.sandbox.dir);
     expect(tree.filter((entry) => !entry.startsWith('root/.bits-sessions/'))).toEqual([
       'outside/',
       'outside/victim.txt 6',
@@ -265,7 +252,7 @@ test('a relative request-target is refused before the application; nothing writt
     expect(response.status).toBe(400);
     expect(await snapshot()).toEqual(before);
     client.dispose();
-    await running?.close();
-    running = undefined;
+    await env.running?.close();
+    env.running = undefined;
   }
 });

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { acceptBitsPost } from '../../lib/server/accept-bits-post';
 import { createBitsServer } from '../../lib/server/create-server';
-import type { HttpResponse } from '../helpers/bits-client';
+import type { BitsClient, HttpResponse } from '../helpers/bits-client';
 
 /** A fresh temporary folder: `dir` is the sandbox, `root` the upload root inside it. */
 export interface Sandbox {
@@ -24,6 +24,44 @@ export async function makeSandbox(): Promise<Sandbox> {
   const root = path.join(dir, 'root');
   await fsp.mkdir(root);
   return { dir, root, remove: () => fsp.rm(dir, { recursive: true, force: true }) };
+}
+
+/** The state of one end-to-end test, kept by {@link useServerTest}. */
+export interface ServerTest {
+  /** A fresh sandbox for each test. */
+  readonly sandbox: Sandbox;
+  /** The server the test started, if any: closed after the test. */
+  running: RunningServer | undefined;
+  /** Clients the test made: disposed after the test. */
+  readonly clients: BitsClient[];
+}
+
+/**
+ * Registers the set-up the end-to-end suites share: a fresh sandbox before each test, and after
+ * it every client in `clients` disposed, the running server closed and the sandbox removed. Hooks
+ * a suite registers later run after these (jest runs hooks in the order they were declared).
+ */
+export function useServerTest(): ServerTest {
+  let sandbox: Sandbox | undefined;
+  const test: ServerTest = {
+    get sandbox(): Sandbox {
+      if (sandbox === undefined) throw new Error('useServerTest: the sandbox exists only during a test');
+      return sandbox;
+    },
+    running: undefined,
+    clients: [],
+  };
+  beforeEach(async () => {
+    sandbox = await makeSandbox();
+  });
+  afterEach(async () => {
+    for (const client of test.clients.splice(0)) client.dispose();
+    await test.running?.close();
+    test.running = undefined;
+    await sandbox?.remove();
+    sandbox = undefined;
+  });
+  return test;
 }
 
 /**

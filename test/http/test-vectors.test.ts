@@ -19,33 +19,17 @@ import {
   exists,
   expectAck,
   listUploads,
-  makeSandbox,
   serve,
-  sessionDataBytes,
   SESSION_ID_FORM,
-  type RunningServer,
-  type Sandbox,
+  sessionDataBytes,
+  useServerTest,
 } from './support';
 
 const HOST = 'bits.example.test';
 const TARGET = '/uploads/report.bin';
 const OTHER_PROTOCOL = '{12345678-1234-1234-1234-123456789abc}';
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
-});
+const env = useServerTest();
 
 /** Starts Express 5 with `bitsUpload` at /uploads and a GET route, and returns a client for it. */
 async function start(options: Omit<BitsUploadOptions, 'directory' | 'storage'> = {}, host = HOST): Promise<BitsClient> {
@@ -53,20 +37,20 @@ async function start(options: Omit<BitsUploadOptions, 'directory' | 'storage'> =
   app.get('/api/status', (_req, res) => {
     res.json({ ok: true });
   });
-  app.use('/uploads', bitsUpload({ directory: sandbox.root, ...options }));
-  running = await serve(app);
+  app.use('/uploads', bitsUpload({ directory: env.sandbox.root, ...options }));
+  env.running = await serve(app);
   return client(host);
 }
 
 function client(host = HOST): BitsClient {
-  if (running === undefined) throw new Error('server not started');
-  const made = new BitsClient(running.port, { host });
-  clients.push(made);
+  if (env.running === undefined) throw new Error('server not started');
+  const made = new BitsClient(env.running.port, { host });
+  env.clients.push(made);
   return made;
 }
 
 function destination(name = 'report.bin'): string {
-  return path.join(sandbox.root, name);
+  return path.join(env.sandbox.root, name);
 }
 
 async function content(name = 'report.bin'): Promise<string> {
@@ -114,11 +98,11 @@ describe('TV-1 complete upload in two fragments', () => {
 
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expect(await content()).toBe('0123456789');
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     // Lost-Ack retry: the tombstone answers 200 (§5.4).
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual(['report.bin 10']);
-    expect(running?.connections()).toBe(1);
+    expect(await listUploads(env.sandbox.root)).toEqual(['report.bin 10']);
+    expect(env.running?.connections()).toBe(1);
   });
 
   test('without the initial Ping, and with a Ping between the last Fragment and Close', async () => {
@@ -200,17 +184,17 @@ describe('TV-4 cancel', () => {
     const bits = await start();
     const sid = await createSession(bits);
     expectAck(await bits.fragment(TARGET, sid, 0, 5, 10, body('012345')), 200, fragmentAck(sid, 6));
-    expect(await sessionDataBytes(sandbox.root)).toBe(6);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(6);
     expectAck(await bits.cancel(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expect(await exists(destination())).toBe(false);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     expectAck(
       await bits.fragment(TARGET, sid, 6, 9, 10, body('6789')),
       500,
       { 'BITS-Session-Id': sid, ...errorHeaders(BG_E_SESSION_NOT_FOUND) },
     );
     expectAck(await bits.cancel(TARGET, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 
   test('Cancel after completion keeps the destination', async () => {
@@ -220,7 +204,7 @@ describe('TV-4 cancel', () => {
     expectAck(await bits.cancel(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expect(await content()).toBe('0123456789');
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual(['report.bin 10']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['report.bin 10']);
   });
 });
 
@@ -235,10 +219,10 @@ describe('TV-5 unknown session', () => {
     expectAck(await bits.cancel(TARGET, UNKNOWN), 500, notFound);
     // Not a GUID at all: still "not found", echoed as sent.
     expectAck(await bits.close(TARGET, 'session-42'), 500, { 'BITS-Session-Id': 'session-42', ...errorHeaders(BG_E_SESSION_NOT_FOUND) });
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
     // The connection stays usable after the unread fragment body was drained.
     expectAck(await bits.ping(TARGET), 200);
-    expect(running?.connections()).toBe(1);
+    expect(env.running?.connections()).toBe(1);
   });
 
   test('Fragment, Close-Session and Cancel-Session without BITS-Session-Id: 400 + E_INVALIDARG', async () => {
@@ -264,8 +248,8 @@ describe('TV-6 protocol negotiation', () => {
     const bits = await start();
     const response = await bits.packet({ target: TARGET, packetType: 'Create-Session', supportedProtocols: offered });
     expectAck(response, 400, errorHeaders(E_INVALIDARG));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 
   test.each([
@@ -314,7 +298,7 @@ describe('TV-7 invalid fragments: 400 + E_INVALIDARG, nothing written', () => {
     expectAck(response, 400, { 'BITS-Session-Id': sid, ...errorHeaders(E_INVALIDARG) });
     // Nothing was written: the session still holds what it held, no file appeared.
     expect(await probeOffset(bits, sid)).toBe(held);
-    expect(await sessionDataBytes(sandbox.root)).toBe(held);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(held);
     expect(await exists(destination())).toBe(false);
     // The session survives the bad packet.
     expectAck(await bits.fragment(TARGET, sid, held, 9, 10, body('0123456789'.slice(held))), 200, fragmentAck(sid, 10));
@@ -345,7 +329,7 @@ describe('TV-8 upload too large', () => {
       500,
       { 'BITS-Session-Id': sid, ...errorHeaders(BG_E_TOO_LARGE) },
     );
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     expect(await exists(destination())).toBe(false);
   });
 
@@ -363,7 +347,7 @@ describe('TV-9 fragment larger than the server accepts', () => {
     const sid = await createSession(bits);
     const refused = await bits.fragment(TARGET, sid, 0, 5, 10, body('012345'));
     expectAck(refused, 413, {}, { 'BITS-Session-Id': sid });
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     expectAck(await bits.fragment(TARGET, sid, 0, 3, 10, body('0123')), 200, fragmentAck(sid, 4));
     expectAck(await bits.fragment(TARGET, sid, 4, 7, 10, body('4567')), 200, fragmentAck(sid, 8));
     expectAck(await bits.fragment(TARGET, sid, 8, 9, 10, body('89')), 200, fragmentAck(sid, 10));
@@ -385,14 +369,14 @@ describe('TV-11 zero-byte file', () => {
     expectAck(response, 200, fragmentAck(sid, 0));
     expect((await fsp.stat(destination('empty.bin'))).size).toBe(0);
     expectAck(await bits.close('/uploads/empty.bin', sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual(['empty.bin 0']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['empty.bin 0']);
   });
 
   test('Close-Session on a session that never received a fragment commits nothing', async () => {
     const bits = await start();
     const sid = await createSession(bits);
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 });
 
@@ -403,14 +387,14 @@ describe('TV-12 close before completion', () => {
     expectAck(await bits.fragment(TARGET, sid, 0, 5, 10, body('012345')), 200, fragmentAck(sid, 6));
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expect(await exists(destination())).toBe(false);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     // The closed session takes no more data.
     expectAck(
       await bits.fragment(TARGET, sid, 6, 9, 10, body('6789')),
       500,
       { 'BITS-Session-Id': sid, ...errorHeaders(BG_E_SESSION_NOT_FOUND) },
     );
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 });
 
@@ -423,7 +407,7 @@ describe('TV-13 unknown or missing packet type', () => {
   ])('%s: 400 + E_INVALIDARG', async (_name, packetType) => {
     const bits = await start();
     expectAck(await bits.packet({ target: TARGET, packetType }), 400, errorHeaders(E_INVALIDARG));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
   });
 
   test('packet types in other letter cases are accepted', async () => {
@@ -456,7 +440,7 @@ describe('TV-14 missing Content-Length', () => {
     });
     expect([400, 411]).toContain(response.status);
     expectAck(response, response.status, errorHeaders(E_INVALIDARG));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
   });
 
   test('the raw request bytes of TV-14 get the same answer', async () => {
@@ -514,7 +498,7 @@ describe('TV-16 destination exists', () => {
     const bits = await start();
     expectAck(await bits.createSession(TARGET), 403, errorHeaders(E_ACCESSDENIED));
     expect(await content()).toBe('old content');
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
   });
 
   test('allowOverwrites: 200 and the old file is replaced at completion', async () => {
@@ -526,7 +510,7 @@ describe('TV-16 destination exists', () => {
     expectAck(await bits.fragment(TARGET, sid, 6, 9, 10, body('6789')), 200, fragmentAck(sid, 10));
     expect(await content()).toBe('0123456789');
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
-    expect(await listUploads(sandbox.root)).toEqual(['report.bin 10']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['report.bin 10']);
   });
 
   test('a file that appears during the upload is not overwritten at commit (§15 A7)', async () => {
@@ -554,8 +538,8 @@ describe('TV-17 uploads disabled', () => {
     expectAck(await bits.close(TARGET, sid), 501, disabled, { 'BITS-Session-Id': sid });
     expectAck(await bits.cancel(TARGET, sid), 501, disabled, { 'BITS-Session-Id': sid });
     expectAck(await bits.packet({ target: TARGET, packetType: 'Frobnicate' }), 501, disabled);
-    expect(await listUploads(sandbox.root)).toEqual([]);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     // Other routes still work.
     const [status] = await bits.raw(`GET /api/status HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     expect(status?.status).toBe(200);
@@ -580,6 +564,6 @@ describe('TV-18 (short) one keep-alive connection: Ping, a Fragment whose body h
     expect(JSON.parse(got?.body.toString('utf8') ?? '')).toEqual({ ok: true });
     expect((await fsp.readFile(destination())).equals(payload)).toBe(true);
     expect(bits.connectionsOpened).toBe(1);
-    expect(running?.connections()).toBe(1);
+    expect(env.running?.connections()).toBe(1);
   });
 });

@@ -25,41 +25,25 @@ import {
   exists,
   expectAck,
   listUploads,
-  makeSandbox,
   serve,
-  sessionDataBytes,
   SESSION_ID_FORM,
+  sessionDataBytes,
+  useServerTest,
   type Listenable,
-  type RunningServer,
-  type Sandbox,
 } from './support';
 
 const HOST = 'bits.example.test';
 const TARGET = '/uploads/report.bin';
 const MiB = 1024 * 1024;
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
-
-beforeEach(async () => {
-  sandbox = await makeSandbox();
-});
-
-afterEach(async () => {
-  for (const made of clients) made.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
-});
+const env = useServerTest();
 
 type Options = Omit<BitsUploadOptions, 'directory' | 'storage'> & Pick<BitsUploadOptions, 'storage'>;
 
 /** Express 5 with `bitsUpload` at /uploads and a catch-all after it; returns a client with Host `host`. */
 async function start(options: Options = {}, host = HOST): Promise<BitsClient> {
   const app = express();
-  const bits = bitsUpload(options.storage === undefined ? { directory: sandbox.root, ...options } : options);
+  const bits = bitsUpload(options.storage === undefined ? { directory: env.sandbox.root, ...options } : options);
   app.use('/uploads', bits);
   app.use((req, res) => {
     res.status(418).json({ passedOn: `${req.method} ${req.originalUrl}` });
@@ -68,9 +52,9 @@ async function start(options: Options = {}, host = HOST): Promise<BitsClient> {
 }
 
 async function listen(app: Listenable & RequestListener, host = HOST): Promise<BitsClient> {
-  running = await serve(app);
-  const made = new BitsClient(running.port, { host });
-  clients.push(made);
+  env.running = await serve(app);
+  const made = new BitsClient(env.running.port, { host });
+  env.clients.push(made);
   return made;
 }
 
@@ -132,7 +116,7 @@ function download(url: string, headers: Record<string, string> = {}, method = 'G
     const req = http.request(
       {
         host: '127.0.0.1',
-        port: running?.port,
+        port: env.running?.port,
         method,
         path: `${target.pathname}${target.search}`,
         headers: { Host: target.host, 'Accept-Encoding': 'identity', ...headers },
@@ -205,7 +189,7 @@ describe('TV-10 upload-reply job as the Windows client runs it', () => {
       sha256: createHash('sha256').update('0123456789').digest('hex'),
     });
     // §10.1: the upload is not copied to the destination.
-    expect(await exists(path.join(sandbox.root, 'report.bin'))).toBe(false);
+    expect(await exists(path.join(env.sandbox.root, 'report.bin'))).toBe(false);
 
     const probe = await head(url);
     expectHead(probe, 5);
@@ -230,8 +214,8 @@ describe('TV-10 upload-reply job as the Windows client runs it', () => {
     expectAck(await bits.close(TARGET, sid), 200, { 'BITS-Session-Id': sid });
     expectNotFound(await download(url));
     expectNotFound(await head(url));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
     expect(calls).toHaveLength(1);
   });
 
@@ -324,7 +308,7 @@ function streamDownload(url: string, headers: Record<string, string> = {}): Prom
   const target = new URL(url);
   return new Promise((resolve, reject) => {
     const req = http.get(
-      { host: '127.0.0.1', port: running?.port, path: target.pathname, headers: { Host: target.host, ...headers }, agent: false },
+      { host: '127.0.0.1', port: env.running?.port, path: target.pathname, headers: { Host: target.host, ...headers }, agent: false },
       (res) => {
         const hash = createHash('sha256');
         let length = 0;
@@ -382,12 +366,12 @@ describe('lifetime (§10.5, §5.2)', () => {
     await finalFragment(bits, sid);
     const url = replyUrlOf(sid);
     expectDownload(await download(url), 200, 'HELLO');
-    expect(await sessionDataBytes(sandbox.root)).toBeGreaterThan(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBeGreaterThan(0);
     const ack = end === 'Close' ? await bits.close(TARGET, sid) : await bits.cancel(TARGET, sid);
     expectAck(ack, 200, { 'BITS-Session-Id': sid });
     expectNotFound(await download(url));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(await listUploads(sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
   });
 
   test('an expired session serves no reply', async () => {
@@ -409,11 +393,11 @@ describe('copyToDestination (§10.4)', () => {
     const bits = await start({ reply: () => ({ body: 'HELLO', copyToDestination }) });
     const sid = await halfway(bits);
     expectAck(await finalFragment(bits, sid), 200, fragmentAck(sid, 10, replyUrlOf(sid)));
-    expect(await listUploads(sandbox.root)).toEqual(uploads);
+    expect(await listUploads(env.sandbox.root)).toEqual(uploads);
     expectDownload(await download(replyUrlOf(sid)), 200, 'HELLO');
     await bits.close(TARGET, sid);
-    expect(await listUploads(sandbox.root)).toEqual(uploads);
-    if (copyToDestination) expect(await fsp.readFile(path.join(sandbox.root, 'report.bin'), 'latin1')).toBe('0123456789');
+    expect(await listUploads(env.sandbox.root)).toEqual(uploads);
+    if (copyToDestination) expect(await fsp.readFile(path.join(env.sandbox.root, 'report.bin'), 'latin1')).toBe('0123456789');
   });
 });
 
@@ -428,7 +412,7 @@ describe('reply URLs (§10.5)', () => {
   test('behind a route prefix: Express Router below /api, and Connect', async () => {
     const app = express();
     const router = express.Router();
-    router.use('/bits', bitsUpload({ directory: sandbox.root, reply: () => 'ROUTED' }));
+    router.use('/bits', bitsUpload({ directory: env.sandbox.root, reply: () => 'ROUTED' }));
     app.use('/api', router);
     const bits = await listen(app);
     const target = '/api/bits/report.bin';
@@ -436,10 +420,10 @@ describe('reply URLs (§10.5)', () => {
     const url = replyUrlOf(sid, `http://${HOST}/api/bits`);
     expectAck(await finalFragment(bits, sid, [], target), 200, fragmentAck(sid, 10, url));
     expectDownload(await download(url), 200, 'ROUTED');
-    await running?.close();
+    await env.running?.close();
 
     const connectApp = connect();
-    connectApp.use('/c/uploads', bitsUpload({ directory: sandbox.root, reply: () => 'CONNECT' }));
+    connectApp.use('/c/uploads', bitsUpload({ directory: env.sandbox.root, reply: () => 'CONNECT' }));
     const viaConnect = await listen(connectApp);
     const connectTarget = '/c/uploads/other.bin';
     const other = await halfway(viaConnect, [], connectTarget);
@@ -465,7 +449,7 @@ describe('reply URLs (§10.5)', () => {
     const plain = await start({ reply: () => 'HELLO' });
     const sid = await halfway(plain, forwarded);
     expectAck(await finalFragment(plain, sid, forwarded), 200, fragmentAck(sid, 10, replyUrlOf(sid)));
-    await running?.close();
+    await env.running?.close();
 
     const trusting = await start({ reply: () => 'HELLO', trustForwardedHeaders: true });
     const other = await halfway(trusting, forwarded);
@@ -490,7 +474,7 @@ describe('plain endpoints and other requests', () => {
     }
     expect(result.offsets).toEqual([4, 8, 10]);
     expectNotFound(await download(replyUrlOf(result.sessionId)));
-    expect(await listUploads(sandbox.root)).toEqual(['report.bin 10']);
+    expect(await listUploads(env.sandbox.root)).toEqual(['report.bin 10']);
   });
 
   test("another principal's download → 404 like an unknown session; the owner's → 200", async () => {

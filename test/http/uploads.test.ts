@@ -25,34 +25,22 @@ import {
 import {
   expectAck,
   listUploads,
-  makeSandbox,
   serve,
   sessionDataBytes,
+  useServerTest,
   waitUntil,
   type RunningServer,
-  type Sandbox,
 } from './support';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-let sandbox: Sandbox;
-let running: RunningServer | undefined;
-let clients: BitsClient[] = [];
+const env = useServerTest();
 /** Sockets the app saw requests on. */
 let sockets: Set<Socket>;
 
 beforeEach(async () => {
-  sandbox = await makeSandbox();
   sockets = new Set();
-});
-
-afterEach(async () => {
-  for (const client of clients) client.dispose();
-  clients = [];
-  await running?.close();
-  running = undefined;
-  await sandbox.remove();
 });
 
 async function start(
@@ -64,20 +52,20 @@ async function start(
     sockets.add(req.socket);
     next();
   });
-  app.use('/uploads', bitsUpload({ directory: sandbox.root, ...options }));
-  running = await serve(app, via);
-  return running;
+  app.use('/uploads', bitsUpload({ directory: env.sandbox.root, ...options }));
+  env.running = await serve(app, via);
+  return env.running;
 }
 
 function client(connection: ConnectionMode = 'keep-alive'): BitsClient {
-  if (running === undefined) throw new Error('server not started');
-  const made = new BitsClient(running.port, { connection });
-  clients.push(made);
+  if (env.running === undefined) throw new Error('server not started');
+  const made = new BitsClient(env.running.port, { connection });
+  env.clients.push(made);
   return made;
 }
 
 function onDisk(name: string): string {
-  return path.join(sandbox.root, name);
+  return path.join(env.sandbox.root, name);
 }
 
 describe('file sizes and fragment sizes', () => {
@@ -102,11 +90,11 @@ describe('file sizes and fragment sizes', () => {
     );
     if (result.closeAck === undefined) throw new Error('no Close-Session Ack');
     expectAck(result.closeAck, 200, { 'BITS-Session-Id': result.sessionId });
-    expect(await listUploads(sandbox.root)).toEqual([`file.bin ${size}`]);
+    expect(await listUploads(env.sandbox.root)).toEqual([`file.bin ${size}`]);
     expect(await sha256OfFile(onDisk('file.bin'))).toBe(await sha256OfSource(source));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
     const packets = expectedFragments + 2;
-    expect(running?.connections()).toBe(mode === 'keep-alive' ? 1 : packets);
+    expect(env.running?.connections()).toBe(mode === 'keep-alive' ? 1 : packets);
   });
 
   test('20 MiB + 12 345 B in 3 MiB fragments, streamed from the generator (no copy in memory or on disk)', async () => {
@@ -119,13 +107,13 @@ describe('file sizes and fragment sizes', () => {
     expect(result.fragmentAcks.every((ack) => ack.status === 200)).toBe(true);
     expect((await fsp.stat(onDisk('big/twenty.bin'))).size).toBe(size);
     expect(await sha256OfFile(onDisk('big/twenty.bin'))).toBe(await sha256OfSource(source));
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
-    expect(running?.connections()).toBe(1);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
+    expect(env.running?.connections()).toBe(1);
   }, 60_000);
 
   test('the source given as a file path (2.5 MiB in 1 MiB fragments)', async () => {
     await start();
-    const sourceFile = path.join(sandbox.dir, 'source.bin');
+    const sourceFile = path.join(env.sandbox.dir, 'source.bin');
     const expected = await writeSourceToFile(patternSource('from-file', 2.5 * MiB), sourceFile);
     const result = await client().uploadFile('/uploads/from-file.bin', sourceFile, MiB);
     expect(result.offsets).toEqual([MiB, 2 * MiB, 2.5 * MiB]);
@@ -154,7 +142,7 @@ describe('retransmits, overlaps and gaps', () => {
     expect(receivedOffset(await send(200 * KiB, 400 * KiB))).toBe(400 * KiB);
     const again = await send(200 * KiB, 400 * KiB);
     expectAck(again, 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': String(400 * KiB) });
-    expect(await sessionDataBytes(sandbox.root)).toBe(400 * KiB);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(400 * KiB);
     expect(receivedOffset(await send(400 * KiB, size))).toBe(size);
     // The final fragment once more after completion.
     expectAck(await send(400 * KiB, size), 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': String(size) });
@@ -213,13 +201,13 @@ describe('retransmits, overlaps and gaps', () => {
     expect(receivedOffset(await send(0, 256 * KiB))).toBe(256 * KiB);
     // The client believes it sent up to 512 KiB and goes on from there.
     expectAck(await send(512 * KiB, 768 * KiB), 416, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': String(256 * KiB) });
-    expect(await sessionDataBytes(sandbox.root)).toBe(256 * KiB);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(256 * KiB);
     // The rest as the Windows client would: follow BITS-Received-Content-Range.
     const rest = await bits.uploadFile('/uploads/g.bin', source, 256 * KiB, { sessionId: sid, startAt: 768 * KiB });
     expect(rest.fragmentAcks.map((ack) => ack.status)).toEqual([416, 200, 200, 200, 200]);
     expect(rest.offsets).toEqual([256 * KiB, 512 * KiB, 768 * KiB, MiB, size]);
     expect(await sha256OfFile(onDisk('g.bin'))).toBe(await sha256OfSource(source));
-    expect(running?.connections()).toBe(1);
+    expect(env.running?.connections()).toBe(1);
   });
 
   test('413: the client halves its fragments until they fit (§3.3, TV-9)', async () => {
@@ -250,7 +238,7 @@ describe('a fragment cut off mid-body', () => {
 
     const prefix = 300_001;
     await bits.fragmentCutOff(target, sid, MiB, 2 * MiB - 1, size, await patternBytes('cut', MiB, MiB + prefix), {
-      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(sandbox.root)) === MiB + prefix, 5000, 'the prefix on disk'),
+      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(env.sandbox.root)) === MiB + prefix, 5000, 'the prefix on disk'),
     });
     // A new connection: a gap probe reads R without writing anything.
     const probe = await bits.fragment(target, sid, size - 1, size - 1, size, source.slice(size - 1, size), { contentLength: 1 });
@@ -262,7 +250,7 @@ describe('a fragment cut off mid-body', () => {
     expect(rest.offsets).toEqual([2 * MiB, 3 * MiB, size]);
     expect(await sha256OfFile(onDisk('cut.bin'))).toBe(await sha256OfSource(source));
     expect(bits.connectionsOpened).toBe(2);
-    expect(running?.connections()).toBe(2);
+    expect(env.running?.connections()).toBe(2);
   });
 
   test('cut off right after the headers: nothing is kept, the resend succeeds', async () => {
@@ -285,10 +273,10 @@ describe('a fragment cut off mid-body', () => {
     const target = '/uploads/late.bin';
     const sid = await bits.openSession(target);
     await bits.fragmentCutOff(target, sid, 0, size - 1, size, await patternBytes('cut-late', 0, size - 1), {
-      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(sandbox.root)) === size - 1, 5000, 'the prefix on disk'),
+      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(env.sandbox.root)) === size - 1, 5000, 'the prefix on disk'),
     });
-    expect(await listUploads(sandbox.root)).toEqual([]);
-    expect(await sessionDataBytes(sandbox.root)).toBe(size - 1);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(size - 1);
     const rest = await bits.uploadFile(target, source, size, { sessionId: sid });
     expect(rest.offsets).toEqual([size]);
     expect(await sha256OfFile(onDisk('late.bin'))).toBe(await sha256OfSource(source));
@@ -314,7 +302,7 @@ describe('a fragment cut off mid-body, overlapping held bytes', () => {
     expect(await probe()).toBe(100 * KiB);
     // The same fragment cut after 80 KiB: 30 KiB of it are new; the impostor-free prefix is kept.
     await bits.fragmentCutOff(target, sid, 50 * KiB, 300 * KiB - 1, size, await patternBytes('cut-overlap', 50 * KiB, 130 * KiB), {
-      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(sandbox.root)) === 130 * KiB, 5000, 'the prefix on disk'),
+      beforeDestroy: () => waitUntil(async () => (await sessionDataBytes(env.sandbox.root)) === 130 * KiB, 5000, 'the prefix on disk'),
     });
     expect(await probe()).toBe(130 * KiB);
     const rest = await bits.uploadFile(target, source, 150 * KiB, { sessionId: sid, startAt: 50 * KiB });
@@ -346,8 +334,8 @@ describe('a fragment cut off mid-body, overlapping held bytes', () => {
     expectAck(await closing, 200, { 'BITS-Session-Id': sid });
     // The per-session lock (§5.6) kept Close waiting until the fragment ended.
     expect(closedWhileStalled).toBe(false);
-    expect(await listUploads(sandbox.root)).toEqual([]);
-    expect(await sessionDataBytes(sandbox.root)).toBe(0);
+    expect(await listUploads(env.sandbox.root)).toEqual([]);
+    expect(await sessionDataBytes(env.sandbox.root)).toBe(0);
   });
 });
 
@@ -366,7 +354,7 @@ describe('connections', () => {
     expectAck(second, 200);
     expectAck(third, 200, { 'BITS-Session-Id': sid, 'BITS-Received-Content-Range': '10' });
     expect(await fsp.readFile(onDisk('pipelined.bin'), 'latin1')).toBe('0123456789');
-    expect(running?.connections()).toBe(1);
+    expect(env.running?.connections()).toBe(1);
   });
 
   test('keep-alive: one TCP connection serves a whole session of many packets', async () => {
@@ -378,7 +366,7 @@ describe('connections', () => {
     expect(result.fragmentAcks).toHaveLength(33);
     expect(new Set([...result.fragmentAcks, result.closeAck].map((ack) => ack?.connection))).toEqual(new Set([1]));
     expect(bits.connectionsOpened).toBe(1);
-    expect(running?.connections()).toBe(1);
+    expect(env.running?.connections()).toBe(1);
     expect(sockets.size).toBe(1);
     expect(await sha256OfFile(onDisk('keep.bin'))).toBe(await sha256OfSource(source));
   });
@@ -392,7 +380,7 @@ describe('connections', () => {
     const packets = 1 + 1 + result.fragmentAcks.length + 1;
     expect(result.fragmentAcks).toHaveLength(11);
     expect(bits.connectionsOpened).toBe(packets);
-    expect(running?.connections()).toBe(packets);
+    expect(env.running?.connections()).toBe(packets);
     expect(sockets.size).toBe(packets);
     expect(await sha256OfFile(onDisk('pp.bin'))).toBe(await sha256OfSource(source));
   });
