@@ -96,10 +96,7 @@ interface CachedRecord {
   readonly stats: BigIntStats;
 }
 
-/**
- * The data file of a session in progress, kept open between its fragments, or its record.json,
- * kept open between its updates.
- */
+/** A session's record.json kept open between its updates, or its data file (see {@link OpenDataFile}). */
 interface OpenFile {
   readonly handle: FileHandle;
   /** A fragment or an update is being written through it: it is closed only once that is done. */
@@ -107,7 +104,11 @@ interface OpenFile {
   /** Removed from the cache while busy: close it when the write is done. */
   closeWhenDone: boolean;
   lastUsed: number;
-  /** Data files: the modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
+}
+
+/** The data file of a session in progress, kept open between its fragments. */
+interface OpenDataFile extends OpenFile {
+  /** The modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
   timeSet: number;
 }
 
@@ -210,7 +211,7 @@ export class FileSystemStorage implements StorageAdapter {
   /** Parsed records by session folder, least recently used first. */
   readonly #records = new Map<string, CachedRecord>();
   /** Open data files by session folder, least recently used first. */
-  readonly #dataFiles = new Map<string, OpenFile>();
+  readonly #dataFiles = new Map<string, OpenDataFile>();
   /** record.json files open for appending, by session folder, least recently used first. */
   readonly #recordFiles = new Map<string, OpenFile>();
   readonly #directorySync = new DirectorySync();
@@ -1096,7 +1097,7 @@ export class FileSystemStorage implements StorageAdapter {
   /** Keeps `handle` open as the record of the session in `dir`, when allowed and none is kept yet. */
   #keepRecordFile(dir: string, handle: FileHandle): boolean {
     if (this.#options.maxOpenFiles === 0 || this.#recordFiles.has(dir)) return false;
-    this.#recordFiles.set(dir, { handle, busy: false, closeWhenDone: false, lastUsed: Date.now(), timeSet: 0 });
+    this.#recordFiles.set(dir, { handle, busy: false, closeWhenDone: false, lastUsed: Date.now() });
     return true;
   }
 
@@ -1138,7 +1139,7 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** The open data file of the session in `dir`, marked busy; undefined when none is open. */
-  #takeDataFile(dir: string): OpenFile | undefined {
+  #takeDataFile(dir: string): OpenDataFile | undefined {
     const file = this.#dataFiles.get(dir);
     if (file === undefined || file.busy) return undefined;
     file.busy = true;
@@ -1149,9 +1150,9 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** Opens (creating if missing) the data file of the session in `dir` for writing, marked busy. */
-  async #openDataFile(dir: string): Promise<OpenFile> {
+  async #openDataFile(dir: string): Promise<OpenDataFile> {
     const handle = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS);
-    const file: OpenFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
     // The middleware never runs two calls of one session at once; should a file be open anyway,
     // this one replaces it in the cache and the other is closed once its user is done.
     const other = this.#dataFiles.get(dir);
@@ -1162,7 +1163,7 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** Ends a fragment's use of a data file: kept open for the next one, or closed. */
-  async #releaseDataFile(dir: string, file: OpenFile, keep: boolean): Promise<void> {
+  async #releaseDataFile(dir: string, file: OpenDataFile, keep: boolean): Promise<void> {
     file.busy = false;
     file.lastUsed = Date.now();
     if (!keep && this.#dataFiles.get(dir) === file) this.#dataFiles.delete(dir);
@@ -1171,7 +1172,7 @@ export class FileSystemStorage implements StorageAdapter {
 
   /** Keeps a file just created, whose time was set to `timeSet`, open for the session's first fragment. */
   async #keepDataFile(dir: string, handle: FileHandle, timeSet: number): Promise<void> {
-    const file: OpenFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
     if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
     await this.#releaseDataFile(dir, file, this.#options.maxOpenFiles > 0);
   }
@@ -1209,7 +1210,7 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /** Takes a file out of its cache and closes it, at once or, if in use, when its write is done. */
-  #dropFile(files: Map<string, OpenFile>, dir: string, file: OpenFile): Promise<void> | undefined {
+  #dropFile<F extends OpenFile>(files: Map<string, F>, dir: string, file: F): Promise<void> | undefined {
     if (files.get(dir) === file) files.delete(dir);
     if (!file.busy) return closeQuietly(file.handle);
     file.closeWhenDone = true;
