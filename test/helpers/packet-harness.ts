@@ -39,7 +39,8 @@ export type RecordedEvent = {
   [K in keyof BitsUploadEvents]: { readonly name: K; readonly payload: BitsUploadEvents[K][0] };
 }[keyof BitsUploadEvents];
 
-const EVENT_NAMES: readonly (keyof BitsUploadEvents)[] = [
+/** Every event the middleware emits. */
+export const EVENT_NAMES: readonly (keyof BitsUploadEvents)[] = [
   'session-created',
   'progress',
   'upload-completed',

@@ -13,6 +13,7 @@ import type { BitsUploadEvents } from '../../lib/events';
 import { bitsUpload, type BitsUploadMiddleware } from '../../lib/middleware';
 import type { BitsUploadOptions } from '../../lib/options';
 import { BitsClient, type HeaderList } from '../helpers/bits-client';
+import { EVENT_NAMES } from '../helpers/packet-harness';
 import {
   BG_E_SESSION_NOT_FOUND,
   E_ACCESSDENIED,
@@ -51,15 +52,7 @@ type Recorded = { [K in keyof BitsUploadEvents]: [K, BitsUploadEvents[K][0]] }[k
 async function start(options: Omit<BitsUploadOptions, 'directory' | 'storage'> = {}): Promise<{ events: Recorded[] }> {
   const events: Recorded[] = [];
   middleware = bitsUpload({ directory: env.sandbox.root, ...options });
-  for (const name of [
-    'session-created',
-    'progress',
-    'upload-completed',
-    'session-closed',
-    'session-cancelled',
-    'session-expired',
-    'upload-failed',
-  ] as const) {
+  for (const name of EVENT_NAMES) {
     middleware.on(name, (payload: BitsUploadEvents[typeof name][0]) => events.push([name, payload] as Recorded));
   }
   const app = express();
