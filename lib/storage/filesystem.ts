@@ -32,8 +32,9 @@ const debug = createDebug('bits-upload:storage:fs');
 /**
  * When {@link FileSystemStorage} calls `fsync`:
  * - `fragment`: the data file before every fragment is acknowledged (`fdatasync`), and every record
- *   when it is written. An acknowledged byte survives a power cut.
- * - `commit`: only data at commit, records always. After a power cut a session may report fewer
+ *   whose loss a restart could not repair when it is written (the others go with the next). An
+ *   acknowledged byte survives a power cut.
+ * - `commit`: only data at commit, records as under `fragment`. After a power cut a session may report fewer
  *   bytes than were acknowledged (the client then resends them, bits-protocol.md §6.3), and on
  *   file systems without ordered data writes the lost tail may read back as zeros.
  * - `never`: no `fsync` at all (tests, tmpfs, or storage that is durable anyway).
@@ -110,6 +111,8 @@ interface OpenFile {
 interface OpenDataFile extends OpenFile {
   /** The modification time this instance last gave the file (see {@link TIME_REFRESH_MS}). */
   timeSet: number;
+  /** Every byte written through this handle since it was opened has been flushed (`fdatasync`). */
+  flushed: boolean;
 }
 
 /** record.json cannot be parsed or fails validation. */
@@ -130,6 +133,18 @@ const RECORD_TEMP = 'record.json.tmp';
  * a session normally has seven) it is replaced by a file of one line.
  */
 const RECORD_COMPACT_BYTES = 16 * 1024;
+/**
+ * When a record line is flushed (under `fsync` `'fragment'` and `'commit'`). `'now'`: before the
+ * call returns. `'deferred'`: by the next line flushed (`fdatasync` covers the whole file) or the
+ * kernel's writeback, for lines whose loss to a power cut a restart repairs, each flush being a
+ * disk round trip before an Ack: the total (the next fragment's Content-Range carries it again,
+ * bits-protocol.md §6.3), the SHA-256 (computed again from the stored bytes, and flushed with the
+ * commit marker before the data moves, §6.4), the state after a commit (the marker and the data
+ * gone from the folder say it, see recover()). Everything else is flushed at once: a new session,
+ * the commit marker, `delivered` (else the application is told twice), replies, and tombstones (a
+ * lost one would bring back an open session, counted against the limits until it expires, §5.4).
+ */
+type RecordFlush = 'now' | 'deferred';
 const DATA_FILE = 'data';
 /** The stored reply of an upload-reply session (bits-protocol.md §10), replaced atomically. */
 const REPLY_FILE = 'reply';
@@ -301,7 +316,8 @@ export class FileSystemStorage implements StorageAdapter {
       const open = this.#dataFiles.get(dir);
       if (open !== undefined) open.timeSet = changes.updatedAt;
     }
-    await this.#writeRecord(dir, updated);
+    const repairable = changes.state === undefined && changes.delivered === undefined && reply === undefined;
+    await this.#writeRecord(dir, updated, repairable ? 'deferred' : 'now');
     return publicRecord(updated);
   }
 
@@ -352,6 +368,7 @@ export class FileSystemStorage implements StorageAdapter {
       }
 
       const { handle } = file;
+      file.flushed = false;
       const outcome = await writeBody(handle, offset, body);
       const { written } = outcome;
       let { storageError } = outcome;
@@ -371,6 +388,8 @@ export class FileSystemStorage implements StorageAdapter {
           // A failed fsync vouches for nothing written since the last good one.
           storageError ??= synced.reason;
           length = offset;
+        } else {
+          file.flushed = this.#options.fsync === 'fragment';
         }
         if (timed.status === 'rejected') debug('session %s: cannot set the data time: %s', id, errorText(timed.reason));
       }
@@ -399,7 +418,7 @@ export class FileSystemStorage implements StorageAdapter {
     await this.#withDataFileTakenOut(this.#sessionPath(id), (kept) => this.#commit(id, options, kept));
   }
 
-  async #commit(id: string, options: CommitOptions, kept: FileHandle | undefined): Promise<void> {
+  async #commit(id: string, options: CommitOptions, kept: OpenDataFile | undefined): Promise<void> {
     const { record, dir, data } = await this.#requireRecord(id);
     if (record.state !== 'receiving' && record.state !== 'complete') {
       throw new Error(`Session ${id} is ${record.state}; it cannot be committed`);
@@ -451,7 +470,8 @@ export class FileSystemStorage implements StorageAdapter {
       await this.#linkWithoutOverwrite(dataPath, target, record.destination);
     }
     await this.#syncDirectory(path.dirname(target));
-    await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }));
+    // The marker and the data gone from the folder already say this after a crash (see recover()).
+    await this.#writeRecord(dir, withoutCommitMarker({ ...record, state: 'complete' }), 'deferred');
     debug('session %s committed to %s', id, record.destination.join('/'));
   }
 
@@ -851,14 +871,15 @@ export class FileSystemStorage implements StorageAdapter {
    * Cuts the data file to `length` (bytes beyond the total, or beyond what a complete session
    * recorded, are not the upload's) and flushes it before it becomes the upload, through `kept` (the
    * file kept open for the fragments, left open) or a file opened here. `fdatasync` suffices: the
-   * upload needs its bytes and length, not its times. Under `fsync: 'fragment'` every fragment was
-   * flushed already, so it finds nothing left to write.
+   * upload needs its bytes and length, not its times. Under `fsync: 'fragment'` a kept file was
+   * flushed after its last fragment (`fdatasync` covers the whole file, whoever wrote it), so that
+   * flush is not repeated.
    */
-  async #settleData(dir: string, length: number, kept?: FileHandle): Promise<void> {
-    const keptStats = await kept?.stat();
+  async #settleData(dir: string, length: number, kept?: OpenDataFile): Promise<void> {
+    const keptStats = await kept?.handle.stat();
     // A kept file that another process removed meanwhile is not the session's data any more.
     if (kept !== undefined && keptStats !== undefined && keptStats.nlink > 0) {
-      await this.#cutAndFlush(kept, keptStats.size, length);
+      await this.#cutAndFlush(kept.handle, keptStats.size, length, kept.flushed);
       return;
     }
     let handle: FileHandle;
@@ -869,15 +890,16 @@ export class FileSystemStorage implements StorageAdapter {
       throw error;
     }
     try {
-      await this.#cutAndFlush(handle, (await handle.stat()).size, length);
+      await this.#cutAndFlush(handle, (await handle.stat()).size, length, false);
     } finally {
       await handle.close();
     }
   }
 
-  async #cutAndFlush(handle: FileHandle, size: number, length: number): Promise<void> {
-    if (size > length) await handle.truncate(length);
-    if (this.#options.fsync !== 'never') await handle.datasync();
+  async #cutAndFlush(handle: FileHandle, size: number, length: number, flushed: boolean): Promise<void> {
+    const cut = size > length;
+    if (cut) await handle.truncate(length);
+    if (this.#options.fsync !== 'never' && (cut || !flushed)) await handle.datasync();
   }
 
   /** Removes the stored reply and any half-written one. */
@@ -1013,20 +1035,20 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /**
-   * Records a session's new state: appended to record.json as one more line and flushed, so a crash
-   * leaves the old last line or the new one (a torn line is never taken, see
-   * {@link lastJsonLine}). Replacing the file instead (write a temporary file, flush, rename,
-   * flush the folder) creates and frees a file per update, which made up most of a session's
-   * kernel time on the development VM. The first record is written in place (see #createRecord),
+   * Records a session's new state: appended to record.json as one more line and, unless `flush` is
+   * `'deferred'` (see {@link RecordFlush}), flushed, so a crash leaves the old last line or the new
+   * one (a torn line is never taken, see {@link lastJsonLine}). Replacing the file instead (write a
+   * temporary file, flush, rename, flush the folder) creates and frees a file per update, which
+   * made up most of a session's kernel time on the development VM. The first record is written in place (see #createRecord),
    * a file that grew past {@link RECORD_COMPACT_BYTES} is replaced. The file stays open between
    * updates, like the data file between fragments (see #appendRecord).
    */
-  async #writeRecord(dir: string, record: StoredRecord): Promise<void> {
+  async #writeRecord(dir: string, record: StoredRecord, flush: RecordFlush = 'now'): Promise<void> {
     const before = this.#records.get(dir)?.stats;
     this.#records.delete(dir);
     // The leading newline ends a line that a failed append left without one.
     const line = `\n${serializeRecord(record)}`;
-    const stats = await this.#appendRecord(dir, line);
+    const stats = await this.#appendRecord(dir, line, flush);
     if (stats.size > RECORD_COMPACT_BYTES) {
       await this.#replaceRecord(dir, record);
       return;
@@ -1039,13 +1061,13 @@ export class FileSystemStorage implements StorageAdapter {
   }
 
   /**
-   * Appends `line` to record.json in `dir` and flushes it, through the file kept open since the
-   * session's last update when there is one, and returns the file's stats after the append. A
+   * Appends `line` to record.json in `dir` and flushes it as `flush` says, through the file kept
+   * open since the session's last update when there is one, and returns the file's stats after the append. A
    * kept file that was replaced or removed meanwhile (compacted or repaired by another process:
    * no link left) took a line that nobody reads; the line is then appended to the file by its
    * name. Without O_CREAT: a session whose record is gone is not brought back by an update.
    */
-  async #appendRecord(dir: string, line: string): Promise<BigIntStats> {
+  async #appendRecord(dir: string, line: string, flush: RecordFlush): Promise<BigIntStats> {
     const kept = this.#recordFiles.get(dir);
     if (kept !== undefined && !kept.busy) {
       kept.busy = true;
@@ -1054,7 +1076,7 @@ export class FileSystemStorage implements StorageAdapter {
       this.#recordFiles.set(dir, kept);
       let stats: BigIntStats | undefined;
       try {
-        stats = await this.#appendThrough(kept.handle, line);
+        stats = await this.#appendThrough(kept.handle, line, flush);
       } finally {
         kept.busy = false;
         kept.lastUsed = Date.now();
@@ -1066,7 +1088,7 @@ export class FileSystemStorage implements StorageAdapter {
     const handle = await fs.open(path.join(dir, RECORD_FILE), fsConstants.O_WRONLY | fsConstants.O_APPEND);
     let keeping = false;
     try {
-      const stats = await this.#appendThrough(handle, line);
+      const stats = await this.#appendThrough(handle, line, flush);
       keeping = stats.nlink > 0n && this.#keepRecordFile(dir, handle);
       return stats;
     } finally {
@@ -1086,7 +1108,7 @@ export class FileSystemStorage implements StorageAdapter {
     const handle = await fs.open(path.join(dir, RECORD_FILE), flags);
     let keeping = false;
     try {
-      this.#rememberRecord(dir, record, await this.#appendThrough(handle, serializeRecord(record)));
+      this.#rememberRecord(dir, record, await this.#appendThrough(handle, serializeRecord(record), 'now'));
       keeping = this.#keepRecordFile(dir, handle);
     } finally {
       if (keeping) await this.#trimOpenFiles();
@@ -1101,9 +1123,9 @@ export class FileSystemStorage implements StorageAdapter {
     return true;
   }
 
-  async #appendThrough(handle: FileHandle, line: string): Promise<BigIntStats> {
+  async #appendThrough(handle: FileHandle, line: string, flush: RecordFlush): Promise<BigIntStats> {
     await handle.writeFile(line);
-    if (this.#options.fsync !== 'never') await handle.datasync();
+    if (this.#options.fsync !== 'never' && flush === 'now') await handle.datasync();
     return await handle.stat({ bigint: true });
   }
 
@@ -1152,7 +1174,7 @@ export class FileSystemStorage implements StorageAdapter {
   /** Opens (creating if missing) the data file of the session in `dir` for writing, marked busy. */
   async #openDataFile(dir: string): Promise<OpenDataFile> {
     const handle = await fs.open(path.join(dir, DATA_FILE), DATA_WRITE_FLAGS);
-    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0 };
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet: 0, flushed: false };
     // The middleware never runs two calls of one session at once; should a file be open anyway,
     // this one replaces it in the cache and the other is closed once its user is done.
     const other = this.#dataFiles.get(dir);
@@ -1172,7 +1194,7 @@ export class FileSystemStorage implements StorageAdapter {
 
   /** Keeps a file just created, whose time was set to `timeSet`, open for the session's first fragment. */
   async #keepDataFile(dir: string, handle: FileHandle, timeSet: number): Promise<void> {
-    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet };
+    const file: OpenDataFile = { handle, busy: true, closeWhenDone: false, lastUsed: 0, timeSet, flushed: false };
     if (this.#options.maxOpenFiles > 0) this.#dataFiles.set(dir, file);
     await this.#releaseDataFile(dir, file, this.#options.maxOpenFiles > 0);
   }
@@ -1183,15 +1205,15 @@ export class FileSystemStorage implements StorageAdapter {
    * it instead of opening the file again), or undefined when none is open or a fragment still uses
    * it (that one is closed when the fragment is done).
    */
-  async #withDataFileTakenOut<T>(dir: string, use: (kept: FileHandle | undefined) => Promise<T>): Promise<T> {
+  async #withDataFileTakenOut<T>(dir: string, use: (kept: OpenDataFile | undefined) => Promise<T>): Promise<T> {
     const file = this.#dataFiles.get(dir);
     this.#dataFiles.delete(dir);
     if (file?.busy === true) file.closeWhenDone = true;
-    const kept = file?.busy === false ? file.handle : undefined;
+    const kept = file?.busy === false ? file : undefined;
     try {
       return await use(kept);
     } finally {
-      if (kept !== undefined) await closeQuietly(kept);
+      if (kept !== undefined) await closeQuietly(kept.handle);
       if (file !== undefined) await this.#trimOpenFiles();
     }
   }
