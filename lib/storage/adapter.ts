@@ -122,7 +122,13 @@ export interface StorageAdapter {
   /** Reads a record back, tombstones included; undefined when there is none. */
   getSession(id: string): Promise<SessionRecord | undefined>;
 
-  /** Applies `changes` to a record durably and returns the updated record. */
+  /**
+   * Applies `changes` to a record and returns the updated record. The change survives a crash of
+   * the process, and is durable (survives a power cut) when the call resolves, except that a change
+   * of only `totalLength`, `sha256` and `updatedAt` may become durable later: after a restart the
+   * middleware gets them again (the next fragment's Content-Range, the stored bytes), provided the
+   * adapter makes a recorded `sha256` durable before the data it describes is committed.
+   */
   updateSession(id: string, changes: SessionChanges): Promise<SessionRecord>;
 
   /**
