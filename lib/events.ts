@@ -27,7 +27,10 @@ export interface ProgressInfo extends SessionInfo {
 export interface CompletedUpload extends SessionInfo {
   /** Size in bytes. */
   readonly size: number;
-  /** SHA-256 of the whole file, hex, computed while the bytes streamed in. */
+  /**
+   * SHA-256 of the whole file, hex, computed while the bytes streamed in (when a listener was added
+   * during the upload, from the bytes stored before it, read back once).
+   */
   readonly sha256: string;
 }
 

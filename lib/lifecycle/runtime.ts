@@ -79,6 +79,18 @@ export class UploadRuntime {
   }
 
   /**
+   * Whether anything receives the SHA-256 of a completed upload (bits-protocol.md §6.4): an
+   * `onUploadComplete` hook, a reply handler (§10) or an `upload-completed` listener. Without one
+   * (the standalone command) it is not computed: that is a seventh to a quarter of the event loop's
+   * time on large fragments. A listener added during an upload gets it computed from the bytes
+   * stored before (see {@link UploadHashes}).
+   */
+  get digestWanted(): boolean {
+    const { onUploadComplete, reply } = this.options;
+    return onUploadComplete !== undefined || reply !== undefined || this.events.listenerCount('upload-completed') > 0;
+  }
+
+  /**
    * Runs `storage.recover()` once, the first time it is called (before the first packet is served,
    * §5). A failing recovery is reported (`upload-failed`) and the middleware serves anyway.
    * Resolves with the adapter's report, or undefined when it has no `recover` or it failed.

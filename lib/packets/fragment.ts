@@ -93,6 +93,13 @@ async function place(
   return answer(200, reply === undefined ? {} : { [HEADER.replyUrl]: replyUrlOf(ctx, record.id, reply) });
 }
 
+/** Finishes the SHA-256 of the upload's `size` bytes (reading back what the memory state misses) and records it. */
+async function recordDigest(ctx: PacketContext, id: string, size: number): Promise<string> {
+  const sha256 = await ctx.runtime.hashes.digest(id, size);
+  await ctx.options.storage.updateSession(id, { sha256 });
+  return sha256;
+}
+
 /** The `BITS-Reply-URL` of a reply (§10.5): its static URL, or where this middleware serves it. */
 function replyUrlOf(ctx: PacketContext, id: string, reply: StoredReply): string {
   return reply.kind === 'url' ? reply.url : replyUrl(ctx.message, id, ctx.options);
@@ -100,15 +107,16 @@ function replyUrlOf(ctx: PacketContext, id: string, reply: StoredReply): string 
 
 /**
  * Streams the new bytes of a fragment (skipping the `received - first` bytes already held) to the
- * adapter, through the session's running SHA-256, and returns the new durable offset, which can
- * never exceed the bytes really delivered. Bytes hashed but not made durable are taken back out of
- * the hash (see `UploadHashes.tee`).
+ * adapter, through the session's running SHA-256 when anything receives it (see
+ * `UploadRuntime.digestWanted`), and returns the new durable offset, which can never exceed the
+ * bytes really delivered. Bytes hashed but not made durable are taken back out of the hash (see
+ * `UploadHashes.tee`).
  */
 async function storeBody(ctx: PacketContext, id: string, received: number, range: ContentRange): Promise<number> {
   const { body: source, request, options, runtime } = ctx;
   if (source.readableEnded || source.readableDidRead) throw bodyConsumed();
-  const tee = await runtime.hashes.tee(id, received);
-  const reader = readFragmentBody(source, received - range.first, request.contentLength, tee.hash);
+  const tee = runtime.digestWanted ? await runtime.hashes.tee(id, received) : undefined;
+  const reader = readFragmentBody(source, received - range.first, request.contentLength, tee?.hash);
   let durable: number | undefined;
   try {
     const reported = await options.storage.writeFragment(id, received, reader.body);
@@ -122,19 +130,20 @@ async function storeBody(ctx: PacketContext, id: string, received: number, range
     }
     return durable;
   } finally {
-    tee.settle(reader.body.forwarded, durable);
+    tee?.settle(reader.body.forwarded, durable);
     reader.detach();
   }
 }
 
 /**
- * §6.4 completion, once R reached the total, in this order: finish the SHA-256 (reading back only
- * what the memory state misses) and record it; on an upload-reply endpoint (option `reply`, §10.1)
+ * §6.4 completion, once R reached the total, in this order: when anything receives it, finish the
+ * SHA-256 (reading back only what the memory state misses) and record it; on an upload-reply endpoint (option `reply`, §10.1)
  * get the reply unless the record has one (§10.2: the application answers before the final Ack;
  * see `produceReply`); commit (§5.5), except that a reply that does not ask for
  * `copyToDestination` (§10.4) leaves the upload in the session and only marks it complete; then,
- * unless the record says the application was already told, await `onUploadComplete`, emit
- * `upload-completed` and record `delivered`. A repeat of the final fragment after that gets the
+ * unless the record says the application was already told or no SHA-256 was computed (nothing
+ * received completed uploads then), await `onUploadComplete`, emit `upload-completed` and record
+ * `delivered`. A repeat of the final fragment after that gets the
  * same 200 Ack (with the same `BITS-Reply-URL`) and nothing else (§6.4, SPEC 3.2.5.1.2
  * "NotifyCache"); if the reply handler or the hook failed, the repeat calls it again (§10.4,
  * TV-10). The same holds after a restart, from the record: a crash after the reply was recorded and
@@ -153,17 +162,16 @@ async function complete(ctx: PacketContext, record: SessionRecord, size: number)
   const { storage, onUploadComplete } = options;
   let { sha256, reply } = record;
   if (record.state === 'receiving') {
-    if (sha256 === undefined) {
-      sha256 = await runtime.hashes.digest(record.id, size);
-      await storage.updateSession(record.id, { sha256 });
-    }
+    if (runtime.digestWanted) sha256 ??= await recordDigest(ctx, record.id, size);
     runtime.hashes.forget(record.id);
     if (reply === undefined && options.reply !== undefined) {
+      // Computed above: a reply handler makes the digest wanted (which the compiler cannot see).
+      sha256 ??= await recordDigest(ctx, record.id, size);
       reply = await produceReply(ctx, { ...sessionInfo(record), size, sha256 }, options.reply);
     }
     if (reply === undefined || reply.copyToDestination) {
       await storage.commit(record.id, { overwrite: options.allowOverwrites });
-      debug('session %s: complete, %d bytes committed, SHA-256 %s', record.id, size, sha256);
+      debug('session %s: complete, %d bytes committed, SHA-256 %s', record.id, size, sha256 ?? 'not computed');
     } else {
       // §10.1: an upload-reply endpoint does not copy the upload to its destination unless asked.
       await storage.updateSession(record.id, { state: 'complete', updatedAt: ctx.now });
@@ -172,7 +180,8 @@ async function complete(ctx: PacketContext, record: SessionRecord, size: number)
   }
   if (record.delivered) return reply;
   if (sha256 === undefined) {
-    debug('session %s: completed by an older version without a SHA-256; the application is not told', record.id);
+    // Nothing received completed uploads when this one completed (or an older version completed it).
+    debug('session %s: completed without a SHA-256; nothing is told', record.id);
     return reply;
   }
   const upload: CompletedUpload = { ...sessionInfo(record), size, sha256 };

@@ -941,5 +941,9 @@ describe('graceful shutdown of the standalone server', () => {
     expect(await sha256OfFile(path.join(root, 'slow.bin'))).toBe(await sha256OfSource(source));
     expect(await exists(path.join(root, 'late.bin'))).toBe(false);
     expect(await sha256OfFile(path.join(root, 'other.bin'))).toBe(await sha256OfSource(otherSource));
+    // Nothing receives completed uploads in the standalone server: no SHA-256 computed or recorded.
+    for (const session of [id, otherId]) {
+      expect(await readStoredRecord(path.join(root, SESSIONS, session, 'record.json'))).toMatchObject({ sha256: null });
+    }
   }, 60_000);
 });

@@ -164,6 +164,64 @@ describe('SHA-256 computed while streaming (§6.4)', () => {
   });
 });
 
+describe('SHA-256 only when something receives it (§6.4)', () => {
+  /** A harness whose upload-completed events nobody listens to (the standalone command's case). */
+  function unobserved(options: ConstructorParameters<typeof PacketHarness>[0] = {}): PacketHarness {
+    const h = new PacketHarness(options);
+    h.emitter.removeAllListeners('upload-completed');
+    return h;
+  }
+  const recorded = (h: PacketHarness, field: 'sha256' | 'delivered'): unknown[] =>
+    h.storage.callsOf('updateSession').filter((call) => (call.args[1] as Record<string, unknown>)[field] !== undefined);
+
+  test('without onUploadComplete, a reply handler or an upload-completed listener, nothing is hashed, read back or delivered', async () => {
+    const h = unobserved();
+    const sid = await h.session();
+    expect(await h.fragment(sid, 'bytes 0-3/10', '0123')).toEqual(fragmentAck(sid, 4));
+    expect(h.runtime.hashes.size).toBe(0);
+    expect(await h.fragment(sid, 'bytes 4-9/10', '456789')).toEqual(fragmentAck(sid, 10));
+    expect(h.storage.fileText('report.bin')).toBe('0123456789');
+    expect(recorded(h, 'sha256')).toEqual([]);
+    expect(recorded(h, 'delivered')).toEqual([]);
+    expect(h.storage.callsOf('readData')).toEqual([]);
+    // Attached after the completion: the repeat of the final fragment tells it nothing.
+    const late = jest.fn();
+    h.emitter.on('upload-completed', late);
+    expect(await h.fragment(sid, 'bytes 4-9/10', '456789')).toEqual(fragmentAck(sid, 10));
+    expect(late).not.toHaveBeenCalled();
+  });
+
+  test('a listener added during the upload gets the SHA-256 of every byte, those stored before read back once', async () => {
+    const h = unobserved();
+    const sid = await h.session();
+    await h.fragment(sid, 'bytes 0-3/10', '0123');
+    const completed: CompletedUpload[] = [];
+    h.emitter.on('upload-completed', (upload) => completed.push(upload));
+    expect(await h.fragment(sid, 'bytes 4-9/10', '456789')).toEqual(fragmentAck(sid, 10));
+    expect(completed).toEqual([expect.objectContaining({ size: 10, sha256: SHA_0_9 })]);
+    expect(h.storage.callsOf('readData').map((call) => call.args)).toEqual([[sid, 0]]);
+    expect(recorded(h, 'delivered')).toHaveLength(1);
+  });
+
+  test('onUploadComplete alone, or a reply handler alone, has it computed while the bytes stream', async () => {
+    const hook = jest.fn();
+    const withHook = unobserved({ onUploadComplete: hook });
+    const first = await withHook.session();
+    await withHook.fragment(first, 'bytes 0-3/10', '0123');
+    await withHook.fragment(first, 'bytes 4-9/10', '456789');
+    expect(hook).toHaveBeenCalledWith(expect.objectContaining({ sha256: SHA_0_9 }), expect.anything());
+    expect(withHook.storage.callsOf('readData')).toEqual([]);
+
+    const handler = jest.fn(() => 'REPLY');
+    const withReply = unobserved({ reply: handler });
+    const second = await withReply.session();
+    await withReply.fragment(second, 'bytes 0-3/10', '0123');
+    await withReply.fragment(second, 'bytes 4-9/10', '456789');
+    expect(handler).toHaveBeenCalledWith(expect.objectContaining({ sha256: SHA_0_9 }), expect.anything());
+    expect(withReply.storage.callsOf('readData')).toEqual([]);
+  });
+});
+
 describe('after a restart (§5: sessions survive the process)', () => {
   test('the bytes stored before the restart are read once, at the next fragment; later ones stream', async () => {
     const before = new PacketHarness();
