@@ -18,6 +18,8 @@
  *                  Upload-Offset per fragment). No fsync either.
  * References (to split the gap into durability and code; not part of the targets):
  *   bits-nosync    the same bits server built from dist with FileSystemStorage({ fsync: 'never' })
+ *   bits-sha256    the same bits server with an onUploadComplete hook: the SHA-256 of every upload is
+ *                  computed (the command computes none, nothing there receives it)
  *   baseline-sync  the baseline with fdatasync before every 204 (what a durable Ack costs at least)
  *
  * One client process drives every server with the same bytes over keep-alive loopback sockets,
@@ -54,7 +56,7 @@
  * Options:
  *   --quick                      about 2 minutes: S1 512 MiB, S2 32 MiB, S4 1 GiB, 3 rounds, S5 short
  *   --scenarios=s5,s1,s2,s3,s4   subset and order (S5 runs first by default: before any disk writeback)
- *   --variants=bits,baseline,tus,bits-nosync,baseline-sync   (bits and baseline are required)
+ *   --variants=bits,baseline,tus,bits-nosync,bits-sha256,baseline-sync   (bits and baseline are required)
  *   --rounds=5                   rounds of S1-S3, 3 with --quick (variants rotated per round)
  *   --s1-mib=1024 --s2-mib=64 --s3-sessions=200 --s3-session-kib=1024 --s3-fragment-kib=256
  *   --s3-connections=48 --s4-mib=4096
@@ -91,10 +93,10 @@ const CHILD_LIFETIME_MS = 20 * 60_000;
 const REQUEST_TIMEOUT_MS = 60_000;
 const TMPFS_MAGIC = 0x01021994;
 
-const ALL_VARIANTS = ['bits', 'baseline', 'tus', 'bits-nosync', 'baseline-sync'];
+const ALL_VARIANTS = ['bits', 'baseline', 'tus', 'bits-nosync', 'bits-sha256', 'baseline-sync'];
 const CORE_VARIANTS = ['bits', 'baseline', 'tus'];
 /** Which wire protocol each server speaks. */
-const PROTOCOL_OF = { bits: 'bits', 'bits-nosync': 'bits', baseline: 'raw', 'baseline-sync': 'raw', tus: 'tus' };
+const PROTOCOL_OF = { bits: 'bits', 'bits-nosync': 'bits', 'bits-sha256': 'bits', baseline: 'raw', 'baseline-sync': 'raw', tus: 'tus' };
 const TARGETS = { s1: 0.9, s2: 0.8, s3: 0.8, s4Rss: 1.2, s5: 0.9 };
 /** S4: RSS may rise by this much between the first and the last quarter of the upload. */
 const S4_GROWTH_ALLOWANCE_MIB = 16;
@@ -156,14 +158,19 @@ function runBitsCli(cliPath, args) {
   require(cliPath);
 }
 
-/** Reference: the same stack as the CLI, with FileSystemStorage's fsync policy 'never'. */
-function runBitsNoSync(distDir, dir) {
-  installReporter('bits-nosync');
+/**
+ * References: the same stack as the CLI, with FileSystemStorage's fsync policy 'never'
+ * (bits-nosync), or with an onUploadComplete hook, which has the SHA-256 computed (bits-sha256).
+ */
+function runBitsLibrary(variant, distDir, dir) {
+  installReporter(variant);
   const express = require('express');
   const { bitsUpload, FileSystemStorage, createBitsServer } = require(path.join(distDir, 'index.js'));
   const app = express();
   app.disable('x-powered-by');
-  app.use('/', bitsUpload({ storage: new FileSystemStorage({ directory: dir, fsync: 'never' }), maxSessionsPerPrincipal: 1000 }));
+  const fsync = variant === 'bits-nosync' ? 'never' : 'fragment';
+  const onUploadComplete = variant === 'bits-sha256' ? () => undefined : undefined;
+  app.use('/', bitsUpload({ storage: new FileSystemStorage({ directory: dir, fsync }), maxSessionsPerPrincipal: 1000, onUploadComplete }));
   const server = createBitsServer(app);
   server.listen(0, HOST, () => announce(server));
 }
@@ -619,7 +626,7 @@ async function startServer(variant, ctx, phase) {
   if (variant === 'bits') {
     const cli = path.join(ctx.distDir, 'server', 'cli.js');
     args = ['--child=bits-cli', cli, '--dir', dir, '--port', '0', '--host', HOST, '--max-sessions-per-client', '1000'];
-  } else if (variant === 'bits-nosync') args = ['--child=bits-nosync', ctx.distDir, dir];
+  } else if (variant === 'bits-nosync' || variant === 'bits-sha256') args = ['--child=bits-library', variant, ctx.distDir, dir];
   else if (variant === 'baseline' || variant === 'baseline-sync') args = ['--child=baseline', dir, variant === 'baseline-sync' ? '1' : '0'];
   else if (variant === 'tus') args = ['--child=tus', dir];
   const child = track(fork(__filename, args, { execArgv, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] }));
@@ -1263,7 +1270,7 @@ if (childArg === undefined) {
   const mode = childArg.slice('--child='.length);
   const rest = process.argv.slice(process.argv.indexOf(childArg) + 1);
   if (mode === 'bits-cli') runBitsCli(rest[0], rest.slice(1));
-  else if (mode === 'bits-nosync') runBitsNoSync(rest[0], rest[1]);
+  else if (mode === 'bits-library') runBitsLibrary(rest[0], rest[1], rest[2]);
   else if (mode === 'baseline') runBaseline(rest[0], rest[1] === '1');
   else if (mode === 'tus') runTus(rest[0]).catch((error) => {
     console.error(error);
