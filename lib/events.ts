@@ -88,7 +88,8 @@ export interface BitsUploadHooks {
   /**
    * Awaited once per completed upload, after the file is in place and before the final Ack. If it
    * throws, the final fragment gets an error Ack and the client's resend calls it again.
-   * Defaults to none.
+   * Defaults to none; with none, no reply handler and no `upload-completed` listener, the
+   * SHA-256 of uploads is not computed at all.
    */
   readonly onUploadComplete?: (upload: CompletedUpload, req: IncomingMessage) => void | Promise<void>;
 }
