@@ -203,22 +203,26 @@ describe('SHA-256 only when something receives it (§6.4)', () => {
     expect(recorded(h, 'delivered')).toHaveLength(1);
   });
 
-  test('onUploadComplete alone, or a reply handler alone, has it computed while the bytes stream', async () => {
-    const hook = jest.fn();
-    const withHook = unobserved({ onUploadComplete: hook });
-    const first = await withHook.session();
-    await withHook.fragment(first, 'bytes 0-3/10', '0123');
-    await withHook.fragment(first, 'bytes 4-9/10', '456789');
-    expect(hook).toHaveBeenCalledWith(expect.objectContaining({ sha256: SHA_0_9 }), expect.anything());
-    expect(withHook.storage.callsOf('readData')).toEqual([]);
-
-    const handler = jest.fn(() => 'REPLY');
-    const withReply = unobserved({ reply: handler });
-    const second = await withReply.session();
-    await withReply.fragment(second, 'bytes 0-3/10', '0123');
-    await withReply.fragment(second, 'bytes 4-9/10', '456789');
-    expect(handler).toHaveBeenCalledWith(expect.objectContaining({ sha256: SHA_0_9 }), expect.anything());
-    expect(withReply.storage.callsOf('readData')).toEqual([]);
+  const receivers: [string, (receive: (upload: CompletedUpload) => void) => ConstructorParameters<typeof PacketHarness>[0]][] = [
+    ['onUploadComplete', (receive) => ({ onUploadComplete: receive })],
+    [
+      'a reply handler',
+      (receive) => ({
+        reply: (upload) => {
+          receive(upload);
+          return 'REPLY';
+        },
+      }),
+    ],
+  ];
+  test.each(receivers)('%s alone has it computed while the bytes stream', async (_receiver, optionsWith) => {
+    const received: CompletedUpload[] = [];
+    const h = unobserved(optionsWith((upload) => received.push(upload)));
+    const sid = await h.session();
+    await h.fragment(sid, 'bytes 0-3/10', '0123');
+    await h.fragment(sid, 'bytes 4-9/10', '456789');
+    expect(received).toEqual([expect.objectContaining({ sha256: SHA_0_9 })]);
+    expect(h.storage.callsOf('readData')).toEqual([]);
   });
 });
 

@@ -1535,28 +1535,29 @@ describe('FileSystemStorage', () => {
       // The data file was flushed with its fragment; the state after the commit goes with the next line flushed.
       expect(flushes.counts).toEqual({ datasyncs: 1, syncs: 1 });
 
+      /** Flushes made by `adapter` committing session `id`. */
+      const commitFlushes = async (adapter: FileSystemStorage, id: string): Promise<typeof flushes.counts> => {
+        flushes.reset();
+        await adapter.commit(id, { overwrite: false });
+        return { ...flushes.counts };
+      };
+      /** A session holding 3000 bytes written through `adapter`. */
+      const writtenBy = async (adapter: FileSystemStorage, name: string): Promise<string> => {
+        const { id } = await adapter.createSession(newSession([name]));
+        await adapter.updateSession(id, { totalLength: 3000 });
+        await adapter.writeFragment(id, 0, body(bytes(3000)));
+        return id;
+      };
       // Written but never flushed: under fsync 'commit', or after a restart (the file opened again),
       // the data file is flushed before it moves.
       const lazy = new FileSystemStorage({ directory: root, fsync: 'commit' });
-      const unflushed = await lazy.createSession(newSession(['commit-unflushed.bin']));
-      await lazy.updateSession(unflushed.id, { totalLength: 3000 });
-      await lazy.writeFragment(unflushed.id, 0, body(bytes(3000)));
-      flushes.reset();
-      await lazy.commit(unflushed.id, { overwrite: false });
-      expect(flushes.counts).toEqual({ datasyncs: 2, syncs: 1 });
+      expect(await commitFlushes(lazy, await writtenBy(lazy, 'commit-unflushed.bin'))).toEqual({ datasyncs: 2, syncs: 1 });
       const before = await started(['commit-restarted.bin'], bytes(3000));
-      flushes.reset();
-      await lazy.commit(before.id, { overwrite: false });
-      expect(flushes.counts).toEqual({ datasyncs: 2, syncs: 1 });
+      expect(await commitFlushes(lazy, before.id)).toEqual({ datasyncs: 2, syncs: 1 });
       await lazy.close();
 
       const never = new FileSystemStorage({ directory: root, fsync: 'never' });
-      const other = await never.createSession(newSession(['never-flushed.bin']));
-      await never.updateSession(other.id, { totalLength: 3000 });
-      await never.writeFragment(other.id, 0, body(bytes(3000)));
-      flushes.reset();
-      await never.commit(other.id, { overwrite: false });
-      expect(flushes.counts).toEqual({ datasyncs: 0, syncs: 0 });
+      expect(await commitFlushes(never, await writtenBy(never, 'never-flushed.bin'))).toEqual({ datasyncs: 0, syncs: 0 });
       await never.close();
     });
 
