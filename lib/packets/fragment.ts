@@ -93,7 +93,7 @@ async function place(
   return answer(200, reply === undefined ? {} : { [HEADER.replyUrl]: replyUrlOf(ctx, record.id, reply) });
 }
 
-/** Finishes the SHA-256 of the upload's `size` bytes (reading back what the memory state misses) and records it. */
+/** Finishes the SHA-256 of the upload's `size` bytes (reading back what memory misses) and records it. */
 async function recordDigest(ctx: PacketContext, id: string, size: number): Promise<string> {
   const sha256 = await ctx.runtime.hashes.digest(id, size);
   await ctx.options.storage.updateSession(id, { sha256 });
@@ -137,13 +137,13 @@ async function storeBody(ctx: PacketContext, id: string, received: number, range
 
 /**
  * §6.4 completion, once R reached the total, in this order: when anything receives it, finish the
- * SHA-256 (reading back only what the memory state misses) and record it; on an upload-reply endpoint (option `reply`, §10.1)
- * get the reply unless the record has one (§10.2: the application answers before the final Ack;
- * see `produceReply`); commit (§5.5), except that a reply that does not ask for
- * `copyToDestination` (§10.4) leaves the upload in the session and only marks it complete; then,
- * unless the record says the application was already told or no SHA-256 was computed (nothing
- * received completed uploads then), await `onUploadComplete`, emit `upload-completed` and record
- * `delivered`. A repeat of the final fragment after that gets the
+ * SHA-256 (reading back only what the memory state misses) and record it; on an upload-reply
+ * endpoint (option `reply`, §10.1) get the reply unless the record has one (§10.2: the
+ * application answers before the final Ack; see `produceReply`); commit (§5.5), except that a
+ * reply that does not ask for `copyToDestination` (§10.4) leaves the upload in the session and
+ * only marks it complete; then, unless the record says the application was already told or no
+ * SHA-256 was computed (nothing received completed uploads then), await `onUploadComplete`, emit
+ * `upload-completed` and record `delivered`. A repeat of the final fragment after that gets the
  * same 200 Ack (with the same `BITS-Reply-URL`) and nothing else (§6.4, SPEC 3.2.5.1.2
  * "NotifyCache"); if the reply handler or the hook failed, the repeat calls it again (§10.4,
  * TV-10). The same holds after a restart, from the record: a crash after the reply was recorded and

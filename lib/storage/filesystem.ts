@@ -34,9 +34,9 @@ const debug = createDebug('bits-upload:storage:fs');
  * - `fragment`: the data file before every fragment is acknowledged (`fdatasync`), and every record
  *   whose loss a restart could not repair when it is written (the others go with the next). An
  *   acknowledged byte survives a power cut.
- * - `commit`: only data at commit, records as under `fragment`. After a power cut a session may report fewer
- *   bytes than were acknowledged (the client then resends them, bits-protocol.md §6.3), and on
- *   file systems without ordered data writes the lost tail may read back as zeros.
+ * - `commit`: only data at commit, records as under `fragment`. After a power cut a session may
+ *   report fewer bytes than were acknowledged (the client then resends them, bits-protocol.md
+ *   §6.3), and on file systems without ordered data writes the lost tail may read back as zeros.
  * - `never`: no `fsync` at all (tests, tmpfs, or storage that is durable anyway).
  */
 export type FsyncPolicy = 'fragment' | 'commit' | 'never';
@@ -1039,9 +1039,9 @@ export class FileSystemStorage implements StorageAdapter {
    * `'deferred'` (see {@link RecordFlush}), flushed, so a crash leaves the old last line or the new
    * one (a torn line is never taken, see {@link lastJsonLine}). Replacing the file instead (write a
    * temporary file, flush, rename, flush the folder) creates and frees a file per update, which
-   * made up most of a session's kernel time on the development VM. The first record is written in place (see #createRecord),
-   * a file that grew past {@link RECORD_COMPACT_BYTES} is replaced. The file stays open between
-   * updates, like the data file between fragments (see #appendRecord).
+   * made up most of a session's kernel time on the development VM. The first record is written in
+   * place (see #createRecord), a file that grew past {@link RECORD_COMPACT_BYTES} is replaced. The
+   * file stays open between updates, like the data file between fragments (see #appendRecord).
    */
   async #writeRecord(dir: string, record: StoredRecord, flush: RecordFlush = 'now'): Promise<void> {
     const before = this.#records.get(dir)?.stats;
@@ -1062,10 +1062,11 @@ export class FileSystemStorage implements StorageAdapter {
 
   /**
    * Appends `line` to record.json in `dir` and flushes it as `flush` says, through the file kept
-   * open since the session's last update when there is one, and returns the file's stats after the append. A
-   * kept file that was replaced or removed meanwhile (compacted or repaired by another process:
-   * no link left) took a line that nobody reads; the line is then appended to the file by its
-   * name. Without O_CREAT: a session whose record is gone is not brought back by an update.
+   * open since the session's last update when there is one, and returns the file's stats after
+   * the append. A kept file that was replaced or removed meanwhile (compacted or repaired by
+   * another process: no link left) took a line that nobody reads; the line is then appended to the
+   * file by its name. Without O_CREAT: a session whose record is gone is not brought back by an
+   * update.
    */
   async #appendRecord(dir: string, line: string, flush: RecordFlush): Promise<BigIntStats> {
     const kept = this.#recordFiles.get(dir);
