@@ -130,7 +130,7 @@ const RECORD_TEMP = 'record.json.tmp';
 /**
  * record.json holds one line per version of the record, the last complete one counting: updates
  * are appended (see `#writeRecord`). Once it grows past this many bytes (about thirty versions;
- * a session normally has seven) it is replaced by a file of one line.
+ * a session normally has five to seven) it is replaced by a file of one line.
  */
 const RECORD_COMPACT_BYTES = 16 * 1024;
 /**
