@@ -78,6 +78,7 @@ const os = require('node:os');
 const path = require('node:path');
 const crypto = require('node:crypto');
 const { fork, spawn, spawnSync } = require('node:child_process');
+const { runAsDriverOrChild } = require('./entry.js');
 const { once } = require('node:events');
 const { pipeline } = require('node:stream');
 
@@ -1260,22 +1261,11 @@ async function main() {
 
 // =============================================================================================
 
-const childArg = process.argv.find((a) => a.startsWith('--child='));
-if (childArg === undefined) {
-  main().catch((error) => {
-    console.error(error);
-    process.exit(1);
-  });
-} else {
-  const mode = childArg.slice('--child='.length);
-  const rest = process.argv.slice(process.argv.indexOf(childArg) + 1);
-  if (mode === 'bits-cli') runBitsCli(rest[0], rest.slice(1));
-  else if (mode === 'bits-library') runBitsLibrary(rest[0], rest[1], rest[2]);
-  else if (mode === 'baseline') runBaseline(rest[0], rest[1] === '1');
-  else if (mode === 'tus') runTus(rest[0]).catch((error) => {
-    console.error(error);
-    process.exit(1);
-  });
-  else if (mode === 'client') runClient();
-  else throw new Error(`unknown child mode ${mode}`);
-}
+runAsDriverOrChild(main, (mode, rest) => {
+  if (mode === 'bits-cli') return runBitsCli(rest[0], rest.slice(1));
+  if (mode === 'bits-library') return runBitsLibrary(rest[0], rest[1], rest[2]);
+  if (mode === 'baseline') return runBaseline(rest[0], rest[1] === '1');
+  if (mode === 'tus') return runTus(rest[0]);
+  if (mode === 'client') return runClient();
+  throw new Error(`unknown child mode ${mode}`);
+});

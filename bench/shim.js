@@ -40,6 +40,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { fork, spawn, spawnSync } = require('node:child_process');
+const { runAsDriverOrChild } = require('./entry.js');
 const { once } = require('node:events');
 
 const HOST = '127.0.0.1';
@@ -764,23 +765,12 @@ async function main() {
 
 // ---------------------------------------------------------------------------------------------
 
-const childArg = process.argv.find((a) => a.startsWith('--child='));
-if (childArg === undefined) {
-  main().catch((err) => {
-    console.error(err);
-    process.exit(1);
-  });
-} else {
-  const mode = childArg.slice('--child='.length);
-  const rest = process.argv.slice(process.argv.indexOf(childArg) + 1);
-  if (mode === 'server') {
-    runServer(rest[0], JSON.parse(rest[1]));
-  } else {
-    setTimeout(() => process.exit(2), CHILD_LIFETIME_MS).unref();
-    const work = mode === 'body' ? runBodyClient : runLoadGen;
-    work(JSON.parse(rest[0])).then(
-      (result) => process.send(result, () => process.exit(0)),
-      (err) => process.send({ error: String(err.stack ?? err) }, () => process.exit(1)),
-    );
-  }
-}
+runAsDriverOrChild(main, (mode, rest) => {
+  if (mode === 'server') return runServer(rest[0], JSON.parse(rest[1]));
+  setTimeout(() => process.exit(2), CHILD_LIFETIME_MS).unref();
+  const work = mode === 'body' ? runBodyClient : runLoadGen;
+  return work(JSON.parse(rest[0])).then(
+    (result) => process.send(result, () => process.exit(0)),
+    (err) => process.send({ error: String(err.stack ?? err) }, () => process.exit(1)),
+  );
+});
