@@ -79,6 +79,7 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const { fork, spawn, spawnSync } = require('node:child_process');
 const { runAsDriverOrChild } = require('./entry.js');
+const { withTimeout } = require('./with-timeout.js');
 const { once } = require('node:events');
 const { pipeline } = require('node:stream');
 
@@ -579,16 +580,6 @@ function parseArgs(argv) {
 const children = new Set();
 let rpcId = 0;
 let tempDir = null;
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 function rpc(child, message, timeoutMs = 10_000, onProgress = null) {
   const id = ++rpcId;

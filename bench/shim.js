@@ -41,6 +41,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { fork, spawn, spawnSync } = require('node:child_process');
 const { runAsDriverOrChild } = require('./entry.js');
+const { withTimeout } = require('./with-timeout.js');
 const { once } = require('node:events');
 
 const HOST = '127.0.0.1';
@@ -322,16 +323,6 @@ function parseArgs(argv) {
 
 const children = new Set();
 let rpcId = 0;
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 function rpc(child, cmd) {
   const id = ++rpcId;
