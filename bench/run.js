@@ -63,6 +63,8 @@
  *   --no-verify                  skip the byte-for-byte check of the uploaded files
  *   --profile                    node --cpu-prof on every server child; top self time printed
  *                                (bench/results/profiles-bench/)
+ *   --server-flags="--a --b"     Node/V8 flags for every server child, all variants alike (e.g.
+ *                                --initial-old-space-size=64, see README Performance); in the report
  *   --out=bench/results/bench.json   JSON results (markdown goes to stdout, also <out>.md)
  *   --check                      exit 1 when a target is missed
  *
@@ -555,6 +557,7 @@ function parseArgs(argv) {
     s5Duration: quick ? 2 : 3,
     verify: true,
     profile: false,
+    serverFlags: [],
     check: false,
     out: path.join(__dirname, 'results', 'bench.json'),
   };
@@ -565,6 +568,7 @@ function parseArgs(argv) {
     if (camel === 'profile' || camel === 'check') options[camel] = true;
     else if (camel === 'noVerify') options.verify = false;
     else if (camel === 'scenarios') options.scenarios = value.split(',');
+    else if (camel === 'serverFlags') options.serverFlags = arg.slice('--server-flags='.length).split(/\s+/).filter(Boolean);
     else if (camel === 'variants') {
       options.variants = value.split(',');
       if (!options.variants.includes('bits') || !options.variants.includes('baseline') || options.variants.some((v) => !ALL_VARIANTS.includes(v))) {
@@ -610,7 +614,7 @@ function track(child) {
 async function startServer(variant, ctx, phase) {
   const dir = path.join(ctx.dataDir, `${variant}-${phase}`);
   fs.mkdirSync(dir, { recursive: true });
-  const execArgv = [];
+  const execArgv = [...ctx.options.serverFlags];
   if (ctx.options.profile) {
     execArgv.push('--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${variant}-${phase}-${Date.now()}.cpuprofile`);
   }
@@ -1027,6 +1031,7 @@ function markdown(results) {
   const lines = [];
   lines.push(`### bits-upload vs the disk and the wire (${meta.date}, Node ${meta.node}, ${meta.cpus} × ${meta.cpuModel}${meta.quick ? ', --quick' : ''})`, '');
   lines.push(`Measured code: git ${meta.git.head}${meta.git.dirty ? ` + uncommitted changes in ${meta.git.dirty}` : ''}; dist/storage/filesystem.js sha256 ${meta.distFilesystemSha256.slice(0, 12)}.`);
+  if (meta.serverFlags.length > 0) lines.push(`Every server ran with \`node ${meta.serverFlags.join(' ')}\`.`);
   if (meta.otherActivity?.length || meta.otherActivityAtStart?.length) {
     lines.push(`**Other work ran during this run, the numbers are disturbed:** ${[...(meta.otherActivityAtStart ?? []), ...(meta.otherActivity ?? [])].map((l) => `\`${l}\``).join('; ')}.`);
   }
@@ -1174,6 +1179,7 @@ async function main() {
     meta: {
       date: new Date().toISOString(),
       quick: options.quick,
+      serverFlags: options.serverFlags,
       node: process.versions.node,
       platform: `${process.platform} ${os.release()}`,
       cpus: cpus.length,
